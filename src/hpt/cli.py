@@ -1,0 +1,198 @@
+"""The `hpt` command: a thin layer over hpt's Python functions (each command calls one of them)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from hpt import distributed
+from hpt.errors import HptError
+
+log = logging.getLogger("hpt")
+_DEBUG = {"on": bool(os.environ.get("HPT_DEBUG"))}
+
+
+def _setup_logging(verbose: bool, out: Path | None = None) -> None:
+    """Log to the current stderr (and to OUT/hpt.log on rank 0); replaces handlers of earlier calls."""
+    logger = logging.getLogger("hpt")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    kind = "file" if out is not None else "stream"
+    for handler in [h for h in logger.handlers if getattr(h, "_hpt", None) == kind]:
+        logger.removeHandler(handler)
+        handler.close()
+    if out is None:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    elif int(os.environ.get("RANK", "0")) == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(out / "hpt.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    else:
+        return
+    handler._hpt = kind  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show the full traceback of errors.")
+@click.option("-v", "--verbose", is_flag=True, help="More log output.")
+@click.version_option(package_name="hpt")
+def cli(debug: bool, verbose: bool) -> None:
+    """Hierarchical PreTraining: continue self-supervised pretraining from a Base model onto your images."""
+    _DEBUG["on"] = _DEBUG["on"] or debug
+    _setup_logging(verbose)
+
+
+@cli.command()
+@click.option("--base", required=True, help="'random', a checkpoint file, or named weights (e.g. torchvision:resnet50).")
+@click.option("--data", required=True, help="Data spec, e.g. npz:PATH?split=train or folder:PATH.")
+@click.option("--steps", required=True, type=int, help="Budget in steps of one global batch.")
+@click.option("--train", "train_mode", type=click.Choice(["all", "bn", "bn-stats", "none"]), default="all",
+              show_default=True, help="all = HPT, bn = HPT-BN, bn-stats = re-estimate BatchNorm statistics only.")
+@click.option("--arch", type=click.Choice(["resnet18", "resnet34", "resnet50"]), default=None,
+              help="Architecture (default: the checkpoint's; resnet50 for --base random).")
+@click.option("--small-stem/--standard-stem", default=None, help="3x3 stride-1 stem without max-pool (28-64 px).")
+@click.option("--width", type=int, default=None, help="Base width of layer1 (64 in torchvision).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/pretrain"), show_default=True)
+@click.option("--name", default="target", show_default=True, help="Stage name (the sub-folder of --out).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Global batch size.")
+@click.option("--lr", type=float, default=0.03, show_default=True, help="Learning rate for a global batch of 256.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--channels-last", is_flag=True, help="channels_last memory format.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--image-size", type=int, default=None, help="Side of the augmented views (default: the images').")
+@click.option("--remove-aug", multiple=True, help="Leave out an augmentation (repeatable), e.g. grayscale.")
+@click.option("--queue-size", type=int, default=None, help="MoCo queue size (default: sized to the stage).")
+@click.option("--workers", type=int, default=None, help="DataLoader workers (default: chosen by data kind).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Steps between resume states.")
+def pretrain(base: str, data: str, steps: int, train_mode: str, arch: str | None, small_stem: bool | None,
+             width: int | None, out: Path, name: str, resume: bool, batch_size: int, lr: float, precision: str,
+             channels_last: bool, device: str, image_size: int | None, remove_aug: tuple[str, ...],
+             queue_size: int | None, workers: int | None, seed: int, checkpoint_every: int) -> None:
+    """Pretrain one stage from --base on --data; writes OUT/NAME/backbone.safetensors."""
+    from hpt.hierarchy import pretrain as run_pretrain
+
+    _setup_logging(False, out)
+    moco = {"queue_size": queue_size} if queue_size else {}
+    result = run_pretrain(
+        base, data, steps, out=out, name=name, train=train_mode, arch=arch, small_stem=small_stem, width=width,
+        resume=resume, batch_size=batch_size, lr=lr, precision=precision, channels_last=channels_last,
+        device=device, seed=seed, workers=workers, checkpoint_every=checkpoint_every, moco=moco,
+        augment={"image_size": image_size, "remove": list(remove_aug)},
+    )
+    _print_summary(result)
+
+
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.argument("overrides", nargs=-1)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (overrides 'out:').")
+@click.option("--resume", is_flag=True, help="Continue an interrupted stage; finished stages are always skipped.")
+def run(config: Path, overrides: tuple[str, ...], out: Path | None, resume: bool) -> None:
+    """Run the stages of a hierarchy YAML in order. OVERRIDES: key=value, e.g. stages.target.steps=100."""
+    from hpt.hierarchy import load_hierarchy, run_hierarchy
+
+    hierarchy = load_hierarchy(config, list(overrides))
+    out_dir = out or Path(hierarchy.out or "runs/hpt")
+    _setup_logging(False, out_dir)
+    _print_summary(run_hierarchy(hierarchy, out_dir, resume=resume))
+
+
+@cli.command()
+@click.argument("checkpoint")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def inspect(checkpoint: str, as_json: bool) -> None:
+    """Detected format, architecture, parameter count, and keys set aside of a checkpoint."""
+    from dataclasses import asdict
+
+    from hpt.models import inspect_checkpoint
+
+    info = inspect_checkpoint(checkpoint)
+    record = asdict(info)
+    if as_json:
+        click.echo(json.dumps(record, indent=2, default=str))
+        return
+    spec = info.spec
+    click.echo(f"file:        {info.path}")
+    click.echo(f"format:      {info.format}")
+    if spec is not None:
+        click.echo(f"arch:        {spec.arch} (small_stem={spec.small_stem}, width={spec.width})")
+    click.echo(f"parameters:  {info.num_params:,} in {info.backbone_keys} backbone tensors")
+    ignored = info.ignored_keys
+    shown = ", ".join(ignored[:8]) + (f", ... ({len(ignored)} in all)" if len(ignored) > 8 else "")
+    click.echo(f"set aside:   {shown or 'nothing'}")
+    for key, value in sorted(info.metadata.items()):
+        click.echo(f"meta {key}: {value}")
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--format", "fmt", type=click.Choice(["torchvision", "moco", "safetensors"]), default="torchvision",
+              show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="File to write.")
+def export(source: str, fmt: str, out: Path) -> None:
+    """Write a backbone in a format other code loads (torchvision state dict, MoCo .pth.tar, safetensors)."""
+    from hpt.models import export_backbone
+
+    path = export_backbone(source, out, fmt)
+    click.echo(f"wrote {path} ({fmt})")
+    if fmt == "torchvision":
+        click.echo("load it with: model.load_state_dict(torch.load(path), strict=False)  # only fc.* is missing")
+
+
+def _print_summary(result: object) -> None:
+    if distributed.rank() != 0:
+        return
+    for stage in result.stages:  # type: ignore[attr-defined]
+        s = stage.summary
+        status = "skipped (finished earlier)" if stage.skipped else "done"
+        rate = f"{s['images_per_s']:.0f} img/s" if "images_per_s" in s else ""
+        click.echo(f"{stage.name:>12}: {status:<26} {s.get('steps_done', 0):>7} steps {s.get('wall_time_s', 0):9.1f} s "
+                   f"{rate:>12}  {stage.backbone_path}")
+    click.echo(f"total wall time {result.wall_time_s:.1f} s; backbones and logs in {result.out_dir}")  # type: ignore[attr-defined]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: bad input -> one line on stderr and exit 2; a bug -> a short note (traceback with --debug)."""
+    _DEBUG["on"] = bool(os.environ.get("HPT_DEBUG"))
+    try:
+        cli.main(args=argv, prog_name="hpt", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(2)
+    except HptError as err:
+        if _DEBUG["on"]:
+            traceback.print_exc()
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
+        if _DEBUG["on"]:
+            traceback.print_exc()
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - the last resort of a CLI
+        if _DEBUG["on"]:
+            traceback.print_exc()
+        else:
+            click.echo(f"internal error: {type(err).__name__}: {err} (run with --debug for the traceback, "
+                       "and please report it)", err=True)
+        sys.exit(1)
+    finally:
+        if distributed.world_size() > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()

@@ -1,0 +1,421 @@
+"""One pretraining stage: train modes (all / bn / bn-stats / none), the loop, precision, DDP, checkpoints, resume.
+
+A stage starts from a backbone (the Base or the previous stage's), trains it on one data set with a fresh head and
+queue, and writes OUT/<stage>/: backbone.safetensors, state/ (resume), metrics.csv, config.yaml, summary.json.
+summary.json is written last: its presence marks the stage finished, and a finished stage is never retrained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from hpt import distributed
+from hpt.augment import AugmentConfig, EvalTransform, MocoAugment
+from hpt.config import to_dict
+from hpt.data import channel_stats, make_loader, open_dataset, parse_data_spec
+from hpt.errors import HptError
+from hpt.methods.mocov2 import MocoV2, MocoV2Config, auto_queue_size
+from hpt.metrics_log import MetricsLog, append_result
+from hpt.models import ResNet, SplitBatchNorm2d, load_backbone, save_backbone
+from hpt.resume import atomic_write, load_state, rng_state, save_state, set_rng_state
+
+log = logging.getLogger("hpt")
+
+TrainMode = Literal["all", "bn", "bn-stats", "none"]
+#: Config keys that change how a stage runs but not what it computes; they may differ on resume.
+RUNTIME_KEYS = frozenset({"device", "workers", "checkpoint_every", "log_every"})
+FAULT_ENV = "HPT_FAULT_AFTER_STEP"  # test hook: SIGKILL this process after the given step
+
+
+@dataclass
+class StageConfig:
+    """One stage of the hierarchy (recipe defaults)."""
+
+    name: str
+    data: Any  # a data spec string or mapping (see hpt.data.parse_data_spec)
+    steps: int  # budget in optimizer steps of one global batch
+    train: TrainMode = "all"
+    method: Literal["mocov2"] = "mocov2"
+    batch_size: int = 256  # global batch (all processes together)
+    lr: float = 0.03  # for a global batch of lr_reference_batch; scaled linearly with the real global batch
+    lr_reference_batch: int = 256
+    sgd_momentum: float = 0.9
+    weight_decay: float = 1e-4
+    moco: MocoV2Config = field(default_factory=MocoV2Config)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    device: str = "auto"
+    seed: int = 0
+    workers: int | None = None
+    checkpoint_every: int = 200
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise HptError(f"stage name {self.name!r} may only hold letters, digits, '_', '.' and '-'")
+        if self.steps <= 0:
+            raise HptError(f"stage '{self.name}': steps must be > 0, got {self.steps}")
+        if self.batch_size <= 0:
+            raise HptError(f"stage '{self.name}': batch_size must be > 0, got {self.batch_size}")
+        if self.checkpoint_every <= 0 or self.log_every <= 0:
+            raise HptError(f"stage '{self.name}': checkpoint_every and log_every must be > 0")
+        self.data = parse_data_spec(self.data).describe()
+
+    def semantic(self) -> dict[str, Any]:
+        """The settings that determine the result (compared on resume and on re-runs)."""
+        return {k: v for k, v in to_dict(self).items() if k not in RUNTIME_KEYS}
+
+
+@dataclass
+class StageResult:
+    name: str
+    stage_dir: Path
+    backbone_path: Path
+    skipped: bool
+    summary: dict[str, Any]
+
+
+def weights_sha256(module: nn.Module) -> str:
+    """A hash of every tensor of a module's state dict (keys sorted)."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def set_trainable(backbone: ResNet, mode: TrainMode) -> None:
+    """all: every parameter; bn: only BatchNorm affine parameters (conv weights frozen); others: nothing."""
+    for module in backbone.modules():
+        for param in module.parameters(recurse=False):
+            if mode == "all":
+                param.requires_grad_(True)
+            elif mode == "bn":
+                param.requires_grad_(isinstance(module, nn.BatchNorm2d))
+            else:
+                param.requires_grad_(False)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of one step's random draws (augmentation, shuffle-BN): resumed runs repeat them exactly."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+def run_stage(
+    config: StageConfig,
+    backbone: ResNet,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    info: distributed.DistInfo | None = None,
+) -> StageResult:
+    """Run (or skip, if finished, or resume) one stage; `backbone` is updated in place and also saved."""
+    info = info or distributed.init_distributed(config.device)
+    stage_dir = Path(out_dir) / config.name
+    summary_path = stage_dir / "summary.json"
+    init_sha = weights_sha256(backbone)
+    semantic = {**config.semantic(), "init_sha256": init_sha}
+
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        _check_same(summary["config"], semantic, stage_dir, "finished")
+        load_backbone(backbone, stage_dir / "backbone.safetensors")
+        log.info("stage '%s' is finished (%s); skipping it", config.name, summary_path)
+        return StageResult(config.name, stage_dir, stage_dir / "backbone.safetensors", True, summary)
+
+    state = load_state(stage_dir / "state")
+    if state is not None and not resume:
+        raise HptError(
+            f"{stage_dir} holds an unfinished run of stage '{config.name}' (saved at step {state['step']}); "
+            "pass --resume to continue it, or use another --out"
+        )
+    if state is not None:
+        _check_same(state["semantic"], semantic, stage_dir, "interrupted")
+    if info.is_main:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        (stage_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+    started = time.time()
+    if config.train in ("all", "bn"):
+        stats = _train_ssl(config, backbone, stage_dir, state, semantic, info)
+    elif config.train == "bn-stats":
+        stats = _reestimate_bn(config, backbone, info)
+    else:
+        stats = {"steps_done": 0}
+    backbone_path = stage_dir / "backbone.safetensors"
+    summary = {
+        "status": "done",
+        "kind": "pretrain",
+        "stage": config.name,
+        "train": config.train,
+        "data": config.data,
+        "config": semantic,
+        "backbone_sha256": weights_sha256(backbone),
+        "wall_time_s": round(time.time() - started, 3),
+        "world_size": info.world_size,
+        **stats,
+    }
+    if info.is_main:
+        metadata = {"stage": config.name, "train": config.train, "data": config.data, "steps": str(config.steps)}
+        save_backbone(backbone, backbone_path, metadata)
+        atomic_write(summary_path, lambda h: h.write(json.dumps(summary, indent=2).encode()))
+        append_result(Path(out_dir) / "results.jsonl", summary)
+    distributed.barrier()
+    return StageResult(config.name, stage_dir, backbone_path, False, summary)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_same(saved: dict[str, Any], current: dict[str, Any], stage_dir: Path, what: str) -> None:
+    """Refuse to resume or reuse a stage whose result-determining settings changed.
+
+    Keys on one side only (settings added by a newer hpt) are not compared, so an upgrade does not strand runs.
+    """
+    old, new = _flatten(saved), _flatten(current)
+    changed = sorted(k for k in set(old) & set(new) if old[k] != new[k])
+    if not changed:
+        return
+    details = "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed[:5] if k != "init_sha256")
+    if "init_sha256" in changed:
+        details = "; ".join(filter(None, ["the starting backbone differs (the base or an earlier stage changed)",
+                                          details]))
+    raise HptError(
+        f"the {what} stage in {stage_dir} was run with other settings ({details}); "
+        "use another --out, or delete that folder to train it again"
+    )
+
+
+def _prepare_data(config: StageConfig, info: distributed.DistInfo, per_rank: int, start_step: int):  # noqa: ANN202
+    dataset = open_dataset(config.data)
+    height, width = dataset.image_size
+    side = config.augment.image_size or height
+    if height != width and config.augment.image_size is None:
+        raise HptError(f"images are {height}x{width}, not square; set augment.image_size (or size= in the data spec)")
+    mean, std = channel_stats(dataset)
+    loader = make_loader(
+        dataset, per_rank, seed=config.seed, start_step=start_step, rank=info.rank, world_size=info.world_size,
+        workers=config.workers, pin_memory=info.device.type == "cuda",
+    )
+    return dataset, side, mean, std, loader
+
+
+def _per_rank_batch(config: StageConfig, info: distributed.DistInfo) -> int:
+    if config.batch_size % info.world_size:
+        raise HptError(
+            f"the global batch {config.batch_size} is not divisible by the {info.world_size} processes; "
+            "choose a batch_size that is a multiple of the world size"
+        )
+    return config.batch_size // info.world_size
+
+
+def _bn_splits(config: StageConfig, info: distributed.DistInfo, per_rank: int) -> int:
+    """BatchNorm groups per process: the configured groups per global batch, spread over the processes."""
+    wanted = max(1, config.moco.bn_splits // info.world_size)
+    return max(g for g in range(1, wanted + 1) if per_rank % g == 0)
+
+
+def _train_ssl(
+    config: StageConfig,
+    backbone: ResNet,
+    stage_dir: Path,
+    state: dict[str, Any] | None,
+    semantic: dict[str, Any],
+    info: distributed.DistInfo,
+) -> dict[str, Any]:
+    """MoCo-v2 training of the backbone (mode all or bn) for config.steps steps."""
+    per_rank = _per_rank_batch(config, info)
+    start_step = int(state["step"]) if state else 0
+    dataset, side, mean, std, loader = _prepare_data(config, info, per_rank, start_step)
+    if config.moco.queue_size:
+        queue_size, queue_reason = config.moco.queue_size, "queue size set in the config"
+    else:
+        queue_size, queue_reason = auto_queue_size(config.steps, config.batch_size, len(dataset))
+    if queue_size % config.batch_size:
+        raise HptError(f"moco.queue_size {queue_size} must be a multiple of the global batch {config.batch_size}")
+
+    set_trainable(backbone, config.train)  # before any DDP wrapping (the public code's flaw 2)
+    torch.manual_seed(config.seed)  # the new head and queue
+    model = MocoV2(backbone, config.moco, queue_size).to(info.device)
+    splits = _bn_splits(config, info, per_rank)
+    model.set_bn_splits(splits)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    params = [p for p in model.query_parameters() if p.requires_grad]
+    lr = config.lr * config.batch_size / config.lr_reference_batch
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=config.sgd_momentum, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler(info.device.type, enabled=config.precision == "fp16")
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+    train_model: nn.Module = model
+    if info.distributed:
+        device_ids = [info.device.index] if info.device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    augment = MocoAugment(config.augment, mean, std, side).to(info.device)
+    model.train()
+
+    n_trainable = sum(p.numel() for p in params)
+    if info.is_main:
+        log.info(
+            "stage '%s': %s images of %s | mode %s (%s trainable parameters) | %d steps from step %d | "
+            "global batch %d = %d per process x %d | lr %.4g (= %.4g x %d/%d, linear scaling) | %s | "
+            "BatchNorm over %d groups per process | %s | %s on %s | augment: %s",
+            config.name, f"{len(dataset):,}", config.data, config.train, f"{n_trainable:,}", config.steps,
+            start_step, config.batch_size, per_rank, info.world_size, lr, config.lr, config.batch_size,
+            config.lr_reference_batch, queue_reason, splits, config.precision,
+            "channels_last" if config.channels_last else "contiguous", info.device, ",".join(config.augment.active),
+        )
+    metrics = MetricsLog(stage_dir, resume_step=start_step) if info.is_main else None
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+    fault_step = int(os.environ.get(FAULT_ENV, "0"))
+    iterator = iter(loader)
+    progress = tqdm(total=config.steps, initial=start_step, disable=not info.is_main or None, unit="step",
+                    desc=config.name, dynamic_ncols=True)
+    loop_start = time.perf_counter()
+    window_start, window_images = loop_start, 0
+    loss_value = float("nan")
+    step = start_step
+    try:
+        for step in range(start_step, config.steps):
+            images, _ = next(iterator)
+            images = images.to(info.device, non_blocking=True)
+            torch.manual_seed(step_seed(config.seed, step, info.rank))
+            im_q, im_k = augment(images), augment(images)
+            if config.channels_last:
+                im_q = im_q.contiguous(memory_format=torch.channels_last)
+                im_k = im_k.contiguous(memory_format=torch.channels_last)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
+            with torch.autocast(info.device.type, dtype=autocast_dtype or torch.float32,
+                                enabled=autocast_dtype is not None):
+                out = train_model(im_q, im_k)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(out.loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            done = step + 1
+            window_images += config.batch_size
+            if done % config.log_every == 0 or done == config.steps:
+                loss_value = out.loss.item()
+                now = time.perf_counter()
+                rate = window_images / max(now - window_start, 1e-9)
+                window_start, window_images = now, 0
+                row = {"loss": loss_value, "moco_acc": out.accuracy.item(), "lr": optimizer.param_groups[0]["lr"],
+                       "images_per_s": rate}
+                if metrics is not None:
+                    metrics.add(done, row)
+                    progress.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{rate:.0f}")
+                    if progress.disable:
+                        eta = (config.steps - done) * config.batch_size / max(rate, 1e-9)
+                        log.info("%s step %d/%d loss %.4f acc %.3f lr %.4g %.0f img/s eta %.0fs", config.name,
+                                 done, config.steps, loss_value, row["moco_acc"], row["lr"], rate, eta)
+            progress.update(1)
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                _save(stage_dir, model, optimizer, scaler, done, semantic, queue_size, info)
+            if fault_step and done == fault_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+    except KeyboardInterrupt:
+        _save(stage_dir, model, optimizer, scaler, step, semantic, queue_size, info)
+        raise HptError(f"interrupted at step {step}; the state is saved in {stage_dir / 'state'}: "
+                       "run the same command with --resume to continue") from None
+    finally:
+        progress.close()
+        if metrics is not None:
+            metrics.close()
+    train_time = time.perf_counter() - loop_start
+    steps_run = config.steps - start_step
+    if info.distributed:  # after the last forward each rank holds its own running statistics: average them
+        _average_bn_statistics(backbone)
+    checksums = distributed.all_gather_objects(weights_sha256(backbone))
+    if len(set(checksums)) != 1:
+        raise RuntimeError(f"the backbones differ between ranks after training: {checksums}")
+    return {
+        "steps_done": config.steps,
+        "steps_this_run": steps_run,
+        "resumed_from": start_step,
+        "train_time_s": round(train_time, 3),
+        "images_per_s": round(steps_run * config.batch_size / max(train_time, 1e-9), 2),
+        "final_loss": loss_value,
+        "global_batch": config.batch_size,
+        "queue_size": queue_size,
+        "queue_reason": queue_reason,
+        "bn_splits_per_process": splits,
+        "lr": lr,
+        "num_images": len(dataset),
+        "rank_checksums": checksums,
+    }
+
+
+def _average_bn_statistics(backbone: ResNet) -> None:
+    for module in backbone.modules():
+        if isinstance(module, nn.BatchNorm2d) and module.running_mean is not None:
+            distributed.all_reduce_mean_(module.running_mean)
+            distributed.all_reduce_mean_(module.running_var)
+
+
+def _save(stage_dir: Path, model: MocoV2, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+          step: int, semantic: dict[str, Any], queue_size: int, info: distributed.DistInfo) -> None:
+    if info.is_main:
+        save_state(stage_dir / "state", {
+            "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(), "rng": rng_state(), "semantic": semantic, "queue_size": queue_size,
+        })
+    distributed.barrier()
+
+
+@torch.no_grad()
+def _reestimate_bn(config: StageConfig, backbone: ResNet, info: distributed.DistInfo) -> dict[str, Any]:
+    """The paper's Base baseline: only BatchNorm running statistics, re-estimated on un-augmented target images."""
+    per_rank = _per_rank_batch(config, info)
+    dataset, side, mean, std, loader = _prepare_data(config, info, per_rank, 0)
+    transform = EvalTransform(mean, std, side).to(info.device)
+    set_trainable(backbone, "none")
+    backbone.to(info.device).train()
+    norms = [m for m in backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved_momentum = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over every batch seen
+        if isinstance(m, SplitBatchNorm2d):
+            m.num_splits = 1
+    iterator = iter(loader)
+    start = time.perf_counter()
+    for _ in tqdm(range(config.steps), disable=not info.is_main or None, desc=f"{config.name} (bn-stats)"):
+        images, _ = next(iterator)
+        backbone.forward_features(transform(images.to(info.device)))
+    for m, momentum in zip(norms, saved_momentum):
+        m.momentum = momentum
+    _average_bn_statistics(backbone)
+    backbone.eval()
+    elapsed = time.perf_counter() - start
+    log.info("stage '%s': BatchNorm statistics re-estimated over %d batches of %d images", config.name,
+             config.steps, config.batch_size)
+    return {"steps_done": config.steps, "train_time_s": round(elapsed, 3), "num_images": len(dataset),
+            "images_per_s": round(config.steps * config.batch_size / max(elapsed, 1e-9), 2)}

@@ -1,0 +1,25 @@
+"""Small helpers shared by the engine tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+TINY_STAGE = {"batch_size": 16, "precision": "fp32", "device": "cpu", "log_every": 1, "checkpoint_every": 2,
+              "workers": 0, "moco": {"dim": 16, "bn_splits": 2}, "augment": {"image_size": 16}}
+TINY_BASE = {"checkpoint": "random", "arch": "resnet18", "small_stem": True, "width": 8}
+
+
+def write_hierarchy(path: Path, stages: list[dict], base: dict | None = None) -> Path:
+    path.write_text(yaml.safe_dump({"base": base or TINY_BASE, "defaults": TINY_STAGE, "stages": stages}))
+    return path
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "hpt", *args], capture_output=True, text=True, env=full_env,
+                          cwd=cwd, timeout=600)

@@ -1,0 +1,133 @@
+"""Bad input gets one clear line on stderr and exit code 2, no traceback; good input works."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hpt.cli import main
+from hpt.models import build_resnet, save_backbone
+
+from .conftest import write_npz
+from .helpers import write_hierarchy
+
+TINY = ["--arch", "resnet18", "--small-stem", "--width", "8", "--batch-size", "16", "--device", "cpu",
+        "--workers", "0"]
+
+
+def call(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+        raise SystemExit(0)
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_missing_data_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = call(capsys, "pretrain", "--base", "random", "--data", f"npz:{tmp_path}/nope.npz",
+                        "--steps", "2", "--out", str(tmp_path / "o"), *TINY)
+    assert_one_line_error(code, err, "nope.npz")
+
+
+def test_missing_base_checkpoint(capsys: pytest.CaptureFixture[str], tiny_npz: Path, tmp_path: Path) -> None:
+    code, _, err = call(capsys, "pretrain", "--base", str(tmp_path / "missing.pth"), "--data", f"npz:{tiny_npz}",
+                        "--steps", "2", "--out", str(tmp_path / "o"), *TINY)
+    assert_one_line_error(code, err, "missing.pth")
+
+
+def test_checkpoint_of_another_architecture(capsys: pytest.CaptureFixture[str], tiny_npz: Path,
+                                            tmp_path: Path) -> None:
+    path = tmp_path / "r18.safetensors"
+    save_backbone(build_resnet("resnet18", small_stem=True, width=8), path)
+    code, _, err = call(capsys, "pretrain", "--base", str(path), "--data", f"npz:{tiny_npz}", "--steps", "2",
+                        "--arch", "resnet50", "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "resnet18", "resnet50")
+
+
+def test_steps_must_be_positive(capsys: pytest.CaptureFixture[str], tiny_npz: Path, tmp_path: Path) -> None:
+    code, _, err = call(capsys, "pretrain", "--base", "random", "--data", f"npz:{tiny_npz}", "--steps", "0",
+                        "--out", str(tmp_path / "o"), *TINY)
+    assert_one_line_error(code, err, "steps must be > 0")
+
+
+def test_data_smaller_than_one_batch(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    small = write_npz(tmp_path / "small.npz", n_train=8)
+    code, _, err = call(capsys, "pretrain", "--base", "random", "--data", f"npz:{small}", "--steps", "2",
+                        "--out", str(tmp_path / "o"), *TINY)
+    assert_one_line_error(code, err, "8 images", "16")
+
+
+def test_wrong_npz_keys(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    np.savez(tmp_path / "odd.npz", x=np.zeros((4, 8, 8), np.uint8))
+    code, _, err = call(capsys, "pretrain", "--base", "random", "--data", f"npz:{tmp_path / 'odd.npz'}",
+                        "--steps", "2", "--out", str(tmp_path / "o"), *TINY)
+    assert_one_line_error(code, err, "train_images", "x")
+
+
+def test_label_count_mismatch(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    np.savez(tmp_path / "bad.npz", train_images=np.zeros((40, 8, 8), np.uint8), train_labels=np.zeros(39, np.int64))
+    code, _, err = call(capsys, "pretrain", "--base", "random", "--data", f"npz:{tmp_path / 'bad.npz'}",
+                        "--steps", "2", "--out", str(tmp_path / "o"), *TINY)
+    assert_one_line_error(code, err, "40", "39")
+
+
+def test_misspelled_config_key(capsys: pytest.CaptureFixture[str], tiny_npz: Path, tmp_path: Path) -> None:
+    config = write_hierarchy(tmp_path / "h.yaml", [{"name": "t", "data": f"npz:{tiny_npz}", "stpes": 2}])
+    code, _, err = call(capsys, "run", str(config), "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "stpes", "steps")
+
+
+def test_misspelled_nested_key_and_bad_override(capsys: pytest.CaptureFixture[str], tiny_npz: Path,
+                                                tmp_path: Path) -> None:
+    config = write_hierarchy(tmp_path / "h.yaml", [{"name": "t", "data": f"npz:{tiny_npz}", "steps": 2}])
+    code, _, err = call(capsys, "run", str(config), "stages.t.moco.temprature=0.1", "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "temprature", "temperature")
+    code, _, err = call(capsys, "run", str(tmp_path / "absent.yaml"))
+    assert_one_line_error(code, err, "absent.yaml")
+
+
+def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = call(capsys, "--debug", "run", str(tmp_path / "absent.yaml"))
+    assert code == 2 and "Traceback" in err
+
+
+def test_failed_rerun_never_touches_a_finished_stage(capsys: pytest.CaptureFixture[str], tiny_npz: Path,
+                                                     tmp_path: Path) -> None:
+    config = write_hierarchy(tmp_path / "h.yaml", [{"name": "t", "data": f"npz:{tiny_npz}", "steps": 2}])
+    code, out, err = call(capsys, "run", str(config), "--out", str(tmp_path / "o"))
+    assert code == 0, err
+    backbone = tmp_path / "o" / "t" / "backbone.safetensors"
+    before = backbone.read_bytes()
+    code, _, err = call(capsys, "run", str(config), "stages.t.steps=3", "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "other settings", "steps: 2 -> 3")
+    assert backbone.read_bytes() == before
+
+
+def test_inspect_and_export(capsys: pytest.CaptureFixture[str], tiny_npz: Path, tmp_path: Path) -> None:
+    code, _, err = call(capsys, "pretrain", "--base", "random", "--data", f"npz:{tiny_npz}", "--steps", "2",
+                        "--out", str(tmp_path / "o"), *TINY)
+    assert code == 0, err
+    backbone = tmp_path / "o" / "target" / "backbone.safetensors"
+    code, out, _ = call(capsys, "inspect", str(backbone))
+    assert code == 0 and "resnet18" in out and "width=8" in out
+    code, out, err = call(capsys, "export", str(backbone), "--format", "torchvision", "--out", str(tmp_path / "r.pth"))
+    assert code == 0, err
+    state = torch.load(tmp_path / "r.pth", weights_only=True)
+    model = build_resnet("resnet18", small_stem=True, width=8, num_classes=10)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+    code, out, _ = call(capsys, "pretrain", "--base", str(tmp_path / "r.pth"), "--data", f"npz:{tiny_npz}",
+                        "--steps", "2", "--out", str(tmp_path / "o2"), "--batch-size", "16", "--device", "cpu")
+    assert code == 0 and "done" in out

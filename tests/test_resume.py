@@ -1,0 +1,32 @@
+"""A run killed with SIGKILL and resumed ends exactly like an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .helpers import run_cli, write_hierarchy
+
+
+def test_kill_and_resume_gives_the_same_weights(tiny_npz: Path, tmp_path: Path) -> None:
+    config = write_hierarchy(tmp_path / "h.yaml", [{"name": "t", "data": f"npz:{tiny_npz}", "steps": 6}])
+    straight = run_cli("run", str(config), "--out", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr
+
+    killed = run_cli("run", str(config), "--out", str(tmp_path / "killed"), env={"HPT_FAULT_AFTER_STEP": "5"})
+    assert killed.returncode == -9  # SIGKILL after step 5; the last state was saved at step 4
+    assert not (tmp_path / "killed" / "t" / "summary.json").exists()
+    state_dir = tmp_path / "killed" / "t" / "state"
+    assert [p.name for p in state_dir.iterdir()] == ["last.pt"]  # no half-written temp files
+
+    again = run_cli("run", str(config), "--out", str(tmp_path / "killed"))
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+    resumed = run_cli("run", str(config), "--out", str(tmp_path / "killed"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "straight" / "t" / "summary.json").read_text())
+    b = json.loads((tmp_path / "killed" / "t" / "summary.json").read_text())
+    assert b["resumed_from"] == 4 and b["steps_done"] == a["steps_done"] == 6
+    assert a["backbone_sha256"] == b["backbone_sha256"]
+    rows = (tmp_path / "killed" / "t" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4", "5", "6"]

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpt.errors import HptError
+from hpt.hierarchy import parse_hierarchy, run_hierarchy
+from hpt.models import build_resnet
+from hpt.stage import StageConfig, run_stage, weights_sha256
+
+from .helpers import TINY_STAGE
+
+
+def tiny_backbone() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_resnet("resnet18", small_stem=True, width=8)
+
+
+def stage(data: Path, **kw: object) -> StageConfig:
+    from hpt.config import from_dict
+
+    return from_dict(StageConfig, {"name": "s", "data": f"npz:{data}", "steps": 4, **TINY_STAGE, **kw})
+
+
+def split_state(model: torch.nn.Module) -> tuple[dict, dict, dict]:
+    convs, bn_params, bn_stats = {}, {}, {}
+    for name, module in model.named_modules():
+        for key, value in module.state_dict().items():
+            if "." in key:
+                continue
+            full = f"{name}.{key}"
+            if isinstance(module, torch.nn.BatchNorm2d):
+                (bn_params if key in ("weight", "bias") else bn_stats)[full] = value.clone()
+            else:
+                convs[full] = value.clone()
+    return convs, bn_params, bn_stats
+
+
+def test_bn_mode_freezes_every_conv_weight_and_trains_batchnorm(tiny_npz: Path, tmp_path: Path) -> None:
+    backbone = tiny_backbone()
+    convs, bn_params, _ = split_state(backbone)
+    run_stage(stage(tiny_npz, train="bn", lr=0.5), backbone, tmp_path)
+    convs_after, bn_after, _ = split_state(backbone)
+    assert convs and all(torch.equal(convs[k], convs_after[k]) for k in convs)  # bit-identical
+    assert any(not torch.equal(bn_params[k], bn_after[k]) for k in bn_params)
+
+
+def test_all_mode_changes_conv_weights(tiny_npz: Path, tmp_path: Path) -> None:
+    backbone = tiny_backbone()
+    convs, _, _ = split_state(backbone)
+    result = run_stage(stage(tiny_npz, train="all"), backbone, tmp_path)
+    convs_after, _, _ = split_state(backbone)
+    assert any(not torch.equal(convs[k], convs_after[k]) for k in convs)
+    assert (tmp_path / "s" / "backbone.safetensors").exists() and (tmp_path / "s" / "metrics.csv").exists()
+    rows = (tmp_path / "s" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss") and len(rows) == 5
+    assert result.summary["steps_done"] == 4 and result.summary["images_per_s"] > 0
+
+
+def test_bn_stats_mode_changes_only_running_statistics(tiny_npz: Path, tmp_path: Path) -> None:
+    backbone = tiny_backbone()
+    convs, bn_params, bn_stats = split_state(backbone)
+    run_stage(stage(tiny_npz, train="bn-stats", steps=3), backbone, tmp_path)
+    convs_after, bn_after, stats_after = split_state(backbone)
+    assert all(torch.equal(convs[k], convs_after[k]) for k in convs)
+    assert all(torch.equal(bn_params[k], bn_after[k]) for k in bn_params)
+    changed = [k for k in bn_stats if k.endswith("running_mean") and not torch.equal(bn_stats[k], stats_after[k])]
+    assert len(changed) == sum(k.endswith("running_mean") for k in bn_stats)
+
+
+def test_none_mode_keeps_the_backbone(tiny_npz: Path, tmp_path: Path) -> None:
+    backbone = tiny_backbone()
+    before = weights_sha256(backbone)
+    result = run_stage(stage(tiny_npz, train="none"), backbone, tmp_path)
+    assert weights_sha256(backbone) == before == result.summary["backbone_sha256"]
+
+
+def test_finished_stage_is_skipped_and_changed_settings_are_refused(tiny_npz: Path, tmp_path: Path) -> None:
+    first = run_stage(stage(tiny_npz), tiny_backbone(), tmp_path)
+    mtime = first.backbone_path.stat().st_mtime_ns
+    again_backbone = tiny_backbone()
+    again = run_stage(stage(tiny_npz), again_backbone, tmp_path)
+    assert again.skipped and first.backbone_path.stat().st_mtime_ns == mtime
+    assert weights_sha256(again_backbone) == first.summary["backbone_sha256"]
+    with pytest.raises(HptError, match="other settings.*steps: 4 -> 6"):
+        run_stage(stage(tiny_npz, steps=6), tiny_backbone(), tmp_path)
+    assert first.backbone_path.stat().st_mtime_ns == mtime  # the finished stage is untouched
+
+
+def test_unfinished_run_needs_resume(tiny_npz: Path, tmp_path: Path) -> None:
+    from hpt.resume import save_state
+
+    (tmp_path / "s").mkdir()
+    save_state(tmp_path / "s" / "state", {"step": 2, "semantic": {}})
+    with pytest.raises(HptError, match="unfinished run.*step 2.*--resume"):
+        run_stage(stage(tiny_npz), tiny_backbone(), tmp_path)
+
+
+def test_hierarchy_chains_each_stage_from_the_previous_backbone(tiny_npz: Path, tiny_gray_npz: Path,
+                                                                tmp_path: Path) -> None:
+    raw = {
+        "base": {"checkpoint": "random", "arch": "resnet18", "small_stem": True, "width": 8},
+        "defaults": TINY_STAGE,
+        "stages": [
+            {"name": "base", "data": f"npz:{tiny_npz}", "steps": 2},
+            {"name": "source", "data": f"npz:{tiny_gray_npz}", "steps": 2, "train": "bn"},
+            {"name": "target", "data": f"npz:{tiny_npz}?split=val", "steps": 2, "batch_size": 8},
+        ],
+    }
+    result = run_hierarchy(parse_hierarchy(raw), tmp_path)
+    summaries = [s.summary for s in result.stages]
+    assert [s["stage"] for s in summaries] == ["base", "source", "target"]
+    for previous, current in zip(summaries, summaries[1:]):
+        assert current["config"]["init_sha256"] == previous["backbone_sha256"]
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records] == ["base", "source", "target"]
+    rerun = run_hierarchy(parse_hierarchy(raw), tmp_path)
+    assert all(s.skipped for s in rerun.stages)
