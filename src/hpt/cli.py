@@ -57,7 +57,7 @@ def cli(debug: bool, verbose: bool) -> None:
               show_default=True, help="all = HPT, bn = HPT-BN, bn-stats = re-estimate BatchNorm statistics only.")
 @click.option("--arch", type=click.Choice(["resnet18", "resnet34", "resnet50"]), default=None,
               help="Architecture (default: the checkpoint's; resnet50 for --base random).")
-@click.option("--small-stem/--standard-stem", default=None, help="3x3 stride-1 stem without max-pool (28-64 px).")
+@click.option("--small-stem/--no-small-stem", default=None, help="3x3 stride-1 stem without max-pool (28-64 px).")
 @click.option("--width", type=int, default=None, help="Base width of layer1 (64 in torchvision).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/pretrain"), show_default=True)
 @click.option("--name", default="target", show_default=True, help="Stage name (the sub-folder of --out).")

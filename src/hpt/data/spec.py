@@ -1,0 +1,305 @@
+"""The data spec: which images to use, as typed by users (`--data SPEC`) or written in YAML (`data:`).
+
+String form ``KIND:PATH[?key=value&key=value...]``, e.g. ``npz:data/mnist_28.npz?split=val&fraction=0.1``;
+a bare path infers KIND from its suffix (.npz, .csv) or from being a directory (folder).
+Mapping form ``{kind: npz, path: ..., split: val, ...}`` gives the same :class:`DataSpec`.
+Values in the string form are percent-decoded (``%26`` for ``&``); list values are comma-separated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+from hpt.errors import HptError
+
+KINDS: tuple[str, ...] = ("npz", "folder", "csv")
+UNCERTAIN_POLICIES: tuple[str, ...] = ("zeros", "ones")
+# Keys accepted after `?` (string form) or beside kind/path (mapping form), in canonical order.
+OPTION_KEYS: tuple[str, ...] = (
+    "split", "fraction", "count", "seed", "classes", "size", "skip_corrupt", "grayscale",
+    "path_column", "label_columns", "root", "uncertain",
+)
+CSV_ONLY_KEYS: tuple[str, ...] = ("path_column", "label_columns", "root", "uncertain")
+FILE_ONLY_KEYS: tuple[str, ...] = ("skip_corrupt",)
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which images to load and how; validated on construction, :meth:`describe` gives the canonical string."""
+
+    kind: str
+    path: Path
+    split: str = "train"
+    fraction: float | None = None
+    count: int | None = None
+    seed: int = 0
+    classes: tuple[int, ...] | None = None
+    size: int | None = None
+    skip_corrupt: bool = False
+    grayscale: bool | None = None
+    path_column: str = "path"
+    label_columns: tuple[str, ...] | None = None
+    root: Path | None = None
+    uncertain: str = "zeros"
+
+    def __post_init__(self) -> None:
+        # Normalise convenient input types (str paths, lists), then validate every field.
+        object.__setattr__(self, "path", Path(self.path))
+        if self.root is not None:
+            object.__setattr__(self, "root", Path(self.root))
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(self.classes))
+        if isinstance(self.label_columns, str):
+            object.__setattr__(self, "label_columns", _split_list(self.label_columns))
+        elif self.label_columns is not None:
+            object.__setattr__(self, "label_columns", tuple(self.label_columns))
+        _validate(self)
+
+    def describe(self) -> str:
+        """Canonical string form (defaults omitted); ``parse_data_spec(s.describe()) == s``."""
+        opts = []
+        for f in dataclasses.fields(self):
+            if f.name in ("kind", "path"):
+                continue
+            value = getattr(self, f.name)
+            if value == f.default:
+                continue
+            opts.append(f"{f.name}={_quote(_format_value(value))}")
+        text = f"{self.kind}:{self.path}"
+        return text + ("?" + "&".join(opts) if opts else "")
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+def parse_data_spec(spec: str | Path | Mapping[str, Any] | DataSpec) -> DataSpec:
+    """Parse a spec string, a YAML mapping or a DataSpec (returned as is) into a validated DataSpec."""
+    if isinstance(spec, DataSpec):
+        return spec
+    if isinstance(spec, Path):
+        spec = str(spec)
+    if isinstance(spec, str):
+        return _parse_string(spec)
+    if isinstance(spec, Mapping):
+        return _parse_mapping(spec)
+    raise HptError(
+        f"a data spec must be a string like 'npz:PATH?split=train' or a mapping with kind and path, "
+        f"got {type(spec).__name__}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# parsing
+
+
+def _parse_string(text: str) -> DataSpec:
+    source = text.strip()
+    if not source:
+        raise HptError("empty data spec; write KIND:PATH, e.g. npz:data/mnist_28.npz?split=train")
+    location, _, query = source.partition("?")
+    kind: str | None = None
+    match = re.match(r"^([A-Za-z][A-Za-z0-9_]+):(.*)$", location)  # one-letter prefixes are Windows drives
+    if match:
+        kind, location = match.group(1).lower(), match.group(2)
+        if kind not in KINDS:
+            raise HptError(f"unknown data kind '{kind}' in '{source}'{_did_you_mean(kind, KINDS)}; "
+                           f"valid kinds: {', '.join(KINDS)}")
+    if not location:
+        raise HptError(f"data spec '{source}' has no path; write KIND:PATH, e.g. npz:data/mnist_28.npz")
+    options: dict[str, str] = {}
+    for item in filter(None, query.split("&")):
+        key, eq, value = item.partition("=")
+        key = unquote(key).strip()
+        if not eq:
+            raise HptError(f"data spec option '{item}' in '{source}' has no value; write {key}=VALUE")
+        _check_key(key, source, allow_kind_path=False)
+        if key in options:
+            raise HptError(f"data spec option '{key}' is given twice in '{source}'; keep one")
+        options[key] = unquote(value)
+    return _build(kind, location, options, source)
+
+
+def _parse_mapping(mapping: Mapping[str, Any]) -> DataSpec:
+    source = repr(dict(mapping))
+    for key in mapping:
+        _check_key(str(key), source, allow_kind_path=True)
+    if "path" not in mapping or mapping["path"] in (None, ""):
+        raise HptError(f"data spec {source} has no 'path'; add path: FILE_OR_FOLDER")
+    kind = mapping.get("kind")
+    if kind is not None:
+        kind = str(kind).lower()
+        if kind not in KINDS:
+            raise HptError(f"unknown data kind '{kind}' in {source}{_did_you_mean(kind, KINDS)}; "
+                           f"valid kinds: {', '.join(KINDS)}")
+    options = {str(k): v for k, v in mapping.items() if k not in ("kind", "path")}
+    return _build(kind, str(mapping["path"]), options, source)
+
+
+def _build(kind: str | None, location: str, options: Mapping[str, Any], source: str) -> DataSpec:
+    path = Path(location)
+    if kind is None:
+        kind = infer_kind(path, source)
+    values: dict[str, Any] = {key: _coerce(key, value, source) for key, value in options.items()}
+    try:
+        return DataSpec(kind=kind, path=path, **values)
+    except HptError as err:
+        raise HptError(f"{err} (in data spec '{source}')") from None
+
+
+def infer_kind(path: Path, source: str | None = None) -> str:
+    """Kind of a bare path: .npz -> npz, .csv -> csv, an existing directory -> folder."""
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return "npz"
+    if suffix == ".csv":
+        return "csv"
+    if path.expanduser().is_dir():
+        return "folder"
+    where = "it does not exist" if not path.expanduser().exists() else "it is not a .npz, a .csv or a directory"
+    raise HptError(f"cannot tell what kind of data '{source or path}' is ({where}); "
+                   f"write the kind before the path: npz:PATH, folder:PATH or csv:PATH")
+
+
+def _check_key(key: str, source: str, *, allow_kind_path: bool) -> None:
+    valid = (("kind", "path") if allow_kind_path else ()) + OPTION_KEYS
+    if key not in valid:
+        raise HptError(f"unknown data spec key '{key}' in {source}{_did_you_mean(key, valid)}; "
+                       f"valid keys: {', '.join(valid)}")
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Turn a string (or YAML-typed) option value into the field's type; bad values raise HptError."""
+    def bad(expected: str) -> HptError:
+        return HptError(f"data spec option {key}={value!r} in '{source}' is not {expected}")
+
+    if value is None:
+        return None
+    if key == "fraction":
+        if isinstance(value, bool):
+            raise bad("a number in (0, 1]")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad("a number in (0, 1]") from None
+    if key in ("count", "seed", "size"):
+        return _to_int(value, bad)
+    if key == "classes":
+        items = _split_list(value) if isinstance(value, str) else value
+        if isinstance(items, (int, float)) and not isinstance(items, bool):
+            items = [items]
+        if not isinstance(items, (list, tuple)):
+            raise bad("a comma-separated list of class indices")
+        return tuple(_to_int(item, bad) for item in items)
+    if key in ("skip_corrupt", "grayscale"):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise bad("true or false")
+    if key == "label_columns":
+        items = _split_list(value) if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise bad("a comma-separated list of column names")
+        return tuple(str(item) for item in items)
+    if key == "root":
+        return Path(str(value))
+    return str(value)
+
+
+def _to_int(value: Any, bad: Any) -> int:
+    if isinstance(value, bool):
+        raise bad("an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise bad("an integer") from None
+
+
+def _split_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+# ----------------------------------------------------------------------------------------------
+# validation and formatting
+
+
+def _validate(spec: DataSpec) -> None:
+    if spec.kind not in KINDS:
+        raise HptError(f"unknown data kind '{spec.kind}'{_did_you_mean(spec.kind, KINDS)}; "
+                       f"valid kinds: {', '.join(KINDS)}")
+    if not spec.split or not re.fullmatch(r"[A-Za-z0-9_.\-]+", spec.split):
+        raise HptError(f"split={spec.split!r} is not a valid split name; use e.g. train, val, test or all")
+    if spec.fraction is not None and spec.count is not None:
+        raise HptError("fraction and count are exclusive; give one of them")
+    if spec.fraction is not None and not (0.0 < spec.fraction <= 1.0 and math.isfinite(spec.fraction)):
+        raise HptError(f"fraction must be in (0, 1], got {spec.fraction}; use count=N for a number of images")
+    if spec.count is not None and spec.count < 1:
+        raise HptError(f"count must be a positive number of images, got {spec.count}")
+    if spec.seed < 0:
+        raise HptError(f"seed must be >= 0, got {spec.seed}")
+    if spec.size is not None and spec.size < 1:
+        raise HptError(f"size must be a positive number of pixels, got {spec.size}")
+    if spec.classes is not None:
+        if not spec.classes:
+            raise HptError("classes is empty; list the class indices to keep, e.g. classes=0,1,2")
+        if any(c < 0 for c in spec.classes):
+            raise HptError(f"classes must be class indices >= 0, got {list(spec.classes)}")
+        if len(set(spec.classes)) != len(spec.classes):
+            raise HptError(f"classes lists a class twice: {list(spec.classes)}; list each once")
+    if not spec.path_column:
+        raise HptError("path_column is empty; give the csv column holding the image paths")
+    if spec.label_columns is not None:
+        if not spec.label_columns:
+            raise HptError("label_columns is empty; list column names or leave it out for unlabelled data")
+        if len(set(spec.label_columns)) != len(spec.label_columns):
+            raise HptError(f"label_columns lists a column twice: {list(spec.label_columns)}")
+    if spec.uncertain not in UNCERTAIN_POLICIES:
+        raise HptError(f"uncertain={spec.uncertain!r} is not valid{_did_you_mean(spec.uncertain, UNCERTAIN_POLICIES)}; "
+                       f"use uncertain=zeros (-1 labels count as negative) or uncertain=ones")
+    defaults = DataSpec.__dataclass_fields__
+    if spec.kind != "csv":
+        for key in CSV_ONLY_KEYS:
+            if getattr(spec, key) != defaults[key].default:
+                raise HptError(f"{key} only applies to csv data, not {spec.kind}; remove it")
+    if spec.kind == "npz":
+        for key in FILE_ONLY_KEYS:
+            if getattr(spec, key) != defaults[key].default:
+                raise HptError(f"{key} only applies to image files (folder or csv data), not npz; remove it")
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def _quote(text: str) -> str:
+    return quote(text, safe=",/:\\")
+
+
+def _did_you_mean(word: str, options: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
