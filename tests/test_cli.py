@@ -131,3 +131,53 @@ def test_inspect_and_export(capsys: pytest.CaptureFixture[str], tiny_npz: Path, 
     code, out, _ = call(capsys, "pretrain", "--base", str(tmp_path / "r.pth"), "--data", f"npz:{tiny_npz}",
                         "--steps", "2", "--out", str(tmp_path / "o2"), "--batch-size", "16", "--device", "cpu")
     assert code == 0 and "done" in out
+
+
+def _image_folder(root: Path, n: int = 20, size: int = 16) -> Path:
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / f"img{i:02d}.png")
+    return root
+
+
+def test_corrupt_image_files_are_listed(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    folder = _image_folder(tmp_path / "imgs")
+    (folder / "broken.png").write_bytes(b"not an image at all")
+    code, _, err = call(capsys, "pretrain", "--base", "random", "--data", f"folder:{folder}", "--steps", "2",
+                        "--out", str(tmp_path / "o"), *TINY)
+    assert_one_line_error(code, err, "broken.png", "skip_corrupt")
+
+
+def test_truncated_image_in_a_worker_gives_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    folder = _image_folder(tmp_path / "imgs", n=16)
+    data = (folder / "img03.png").read_bytes()
+    (folder / "img03.png").write_bytes(data[: len(data) // 2])  # header intact, pixels cut off
+    argv = list(TINY)
+    argv[argv.index("--workers") + 1] = "1"
+    code, _, err = call(capsys, "pretrain", "--base", "random", "--data", f"folder:{folder}", "--steps", "2",
+                        "--out", str(tmp_path / "o"), *argv)
+    assert_one_line_error(code, err, "img03.png")
+    assert "Original Traceback" not in err
+
+
+def test_mixed_image_sizes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    folder = _image_folder(tmp_path / "imgs")
+    from PIL import Image
+
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(folder / "odd.png")
+    code, _, err = call(capsys, "pretrain", "--base", "random", "--data", f"folder:{folder}", "--steps", "2",
+                        "--out", str(tmp_path / "o"), *TINY)
+    assert_one_line_error(code, err, "odd.png")
+
+
+def test_error_raised_in_a_loader_worker_is_cut_to_its_message() -> None:
+    from hpt.cli import _one_line
+    from hpt.errors import HptError
+
+    wrapped = HptError("Caught HptError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                       '  File "x.py", line 1, in f\n    raise HptError(...)\nhpt.errors.HptError: cannot decode a.png\n')
+    assert _one_line(wrapped) == "cannot decode a.png"
+    assert _one_line(HptError("plain message")) == "plain message"

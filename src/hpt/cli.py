@@ -160,6 +160,16 @@ def _print_summary(result: object) -> None:
     click.echo(f"total wall time {result.wall_time_s:.1f} s; backbones and logs in {result.out_dir}")  # type: ignore[attr-defined]
 
 
+def _one_line(err: BaseException) -> str:
+    """The message of an error; one raised in a DataLoader worker carries the worker's traceback, which is cut."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        head, _, rest = last.partition(": ")
+        text = rest if rest and head.split(".")[-1] == type(err).__name__ else last
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input -> one line on stderr and exit 2; a bug -> a short note (traceback with --debug)."""
     _DEBUG["on"] = bool(os.environ.get("HPT_DEBUG"))
@@ -174,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     except HptError as err:
         if _DEBUG["on"]:
             traceback.print_exc()
-        click.echo(f"error: {err}", err=True)
+        click.echo(f"error: {_one_line(err)}", err=True)
         sys.exit(2)
     except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
         if _DEBUG["on"]:
