@@ -8,8 +8,8 @@ import torch
 
 from hpt.errors import HptError
 from hpt.hierarchy import parse_hierarchy, run_hierarchy
-from hpt.models import build_resnet
-from hpt.stage import StageConfig, run_stage, weights_sha256
+from hpt.models import build_resnet, weights_sha256
+from hpt.stage import StageConfig, run_stage
 
 from .helpers import TINY_STAGE
 

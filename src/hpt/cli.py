@@ -148,6 +148,15 @@ def export(source: str, fmt: str, out: Path) -> None:
         click.echo("load it with: model.load_state_dict(torch.load(path), strict=False)  # only fc.* is missing")
 
 
+def _register_eval() -> None:
+    from hpt.cli_eval import eval_group
+
+    cli.add_command(eval_group)
+
+
+_register_eval()
+
+
 def _print_summary(result: object) -> None:
     if distributed.rank() != 0:
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -15,7 +16,8 @@ from hpt import distributed
 from hpt.config import apply_overrides, deep_merge, from_dict, load_yaml, to_dict, unknown_key_error
 from hpt.data import parse_data_spec
 from hpt.errors import HptError
-from hpt.models import build_backbone
+from hpt.eval.suite import EvalSuite, EvalSuiteConfig
+from hpt.models import ResNet, build_backbone
 from hpt.stage import StageConfig, StageResult, run_stage
 
 log = logging.getLogger("hpt")
@@ -37,6 +39,7 @@ class HierarchyConfig:
     base: BaseConfig = field(default_factory=BaseConfig)
     stages: list[StageConfig] = field(default_factory=list)
     out: str | None = None  # output folder (relative to the config file); --out overrides it
+    eval: EvalSuiteConfig | None = None  # protocols run on the start backbone and after every stage
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -80,7 +83,26 @@ def parse_hierarchy(raw: dict[str, Any], root: Path | None = None) -> HierarchyC
     for i, stage in enumerate(merged):  # name the stage in errors
         if not isinstance(stage.get("name"), str):
             raise HptError(f"stages[{i}] needs a 'name'")
+    if raw.get("eval") is not None:
+        raw["eval"] = _eval_defaults(raw["eval"], merged[-1], root)
     return from_dict(HierarchyConfig, raw)
+
+
+def _eval_defaults(section: Any, last_stage: dict[str, Any], root: Path | None) -> dict[str, Any]:
+    """eval.data defaults to the last stage's data (all of its train split), resolved like stage data;
+    eval.image_size to the last stage's augment.image_size."""
+    if not isinstance(section, dict):
+        raise HptError("'eval' must be a mapping, e.g. {protocols: [linear], data: npz:target.npz}")
+    section = dict(section)
+    if section.get("data") is None and "data" in last_stage:
+        spec = parse_data_spec(last_stage["data"])
+        section["data"] = replace(spec, split="train", fraction=None, count=None).describe()
+    elif section.get("data") is not None and root is not None:
+        section["data"] = _resolve_data(section["data"], root)
+    augment = last_stage.get("augment") or {}
+    if section.get("image_size") is None and isinstance(augment, dict) and augment.get("image_size"):
+        section["image_size"] = augment["image_size"]
+    return section
 
 
 def _resolve_data(data: Any, root: Path) -> Any:
@@ -123,10 +145,25 @@ def run_hierarchy(config: HierarchyConfig, out_dir: str | Path | None = None, *,
         where = "random initialisation" if checkpoint_info is None else f"{checkpoint_info.format} {checkpoint_info.path}"
         log.info("base: %s (%s, small_stem=%s, width=%d) from %s", config.base.checkpoint, backbone.arch,
                  backbone.small_stem, backbone.width, where)
+    start = copy.deepcopy(backbone) if config.eval is not None and config.eval.start else None
     results = []
     for stage in config.stages:
         results.append(run_stage(stage, backbone, out, resume=resume, info=info))
+    if config.eval is not None and info.is_main:
+        _evaluate(config, out, start, results)
     return HierarchyResult(out, results, time.time() - started)
+
+
+def _evaluate(config: HierarchyConfig, out: Path, start: ResNet | None, stages: list[StageResult]) -> None:
+    """The eval section on the start backbone and on each stage's saved backbone (rank 0 only)."""
+    assert config.eval is not None
+    suite = EvalSuite(config.eval, out)
+    if start is not None:
+        fmt = "random" if config.base.checkpoint == "random" else "base checkpoint"
+        suite.evaluate("start", start, config.base.checkpoint, fmt)
+    for result in stages:
+        model, _ = build_backbone(str(result.backbone_path))
+        suite.evaluate(result.name, model, str(result.backbone_path), "safetensors")
 
 
 def pretrain(

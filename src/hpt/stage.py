@@ -7,7 +7,6 @@ summary.json is written last: its presence marks the stage finished, and a finis
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -32,7 +31,7 @@ from hpt.data import channel_stats, make_loader, open_dataset, parse_data_spec
 from hpt.errors import HptError
 from hpt.methods.mocov2 import MocoV2, MocoV2Config, auto_queue_size
 from hpt.metrics_log import MetricsLog, append_result
-from hpt.models import ResNet, SplitBatchNorm2d, load_backbone, save_backbone
+from hpt.models import ResNet, SplitBatchNorm2d, load_backbone, save_backbone, weights_sha256
 from hpt.resume import atomic_write, load_state, rng_state, save_state, set_rng_state
 
 log = logging.getLogger("hpt")
@@ -90,15 +89,6 @@ class StageResult:
     backbone_path: Path
     skipped: bool
     summary: dict[str, Any]
-
-
-def weights_sha256(module: nn.Module) -> str:
-    """A hash of every tensor of a module's state dict (keys sorted)."""
-    digest = hashlib.sha256()
-    for key, tensor in sorted(module.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def set_trainable(backbone: ResNet, mode: TrainMode) -> None:

@@ -8,6 +8,7 @@ from hpt.models.checkpoints import (
     inspect_checkpoint,
     load_backbone,
     save_backbone,
+    weights_sha256,
 )
 from hpt.models.formats import (
     FORMATS,
@@ -52,4 +53,5 @@ __all__ = [
     "resolve_named",
     "save_backbone",
     "set_bn_splits",
+    "weights_sha256",
 ]

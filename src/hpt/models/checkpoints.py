@@ -8,6 +8,7 @@ backbone are the ``fc``/projection-head, momentum-encoder and queue keys that
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -280,3 +281,12 @@ def export_backbone(source: str | Path, out: Path, fmt: str) -> Path:
     obj: Any = sd if fmt == "torchvision" else {"state_dict": {"module.encoder_q." + k: v for k, v in sd.items()}, "arch": model.arch}
     _atomic_write(out, lambda f: torch.save(obj, f))
     return out
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """A hash of every tensor of a module's state dict (keys sorted)."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

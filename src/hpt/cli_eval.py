@@ -1,0 +1,120 @@
+"""`hpt eval linear|finetune|knn`: one command per evaluation protocol (thin layer over hpt.eval)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hpt.eval import (
+    FinetuneConfig,
+    KnnConfig,
+    LinearConfig,
+    finetune_eval,
+    headline,
+    knn_eval,
+    linear_eval,
+    load_eval_backbone,
+    load_splits,
+)
+
+F = Callable[..., Any]
+
+
+def _common(func: F) -> F:
+    """Options every protocol takes: what to evaluate, on which data, where to write."""
+    options = [
+        click.option("--backbone", required=True,
+                     help="Anything `hpt pretrain --base` accepts: a checkpoint file, named weights, or 'random'."),
+        click.option("--data", required=True, help="Labelled data spec; train/val/test splits are taken from it."),
+        click.option("--arch", type=click.Choice(["resnet18", "resnet34", "resnet50"]), default=None,
+                     help="Architecture (default: the checkpoint's; needed with --backbone random)."),
+        click.option("--small-stem/--no-small-stem", default=None, help="3x3 stride-1 stem without max-pool."),
+        click.option("--width", type=int, default=None, help="Base width of layer1 (64 in torchvision)."),
+        click.option("--image-size", type=int, default=None, help="Resize images to this side (default: theirs)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
+        click.option("--out", type=click.Path(path_type=Path), default=None,
+                     help="Folder for results.json (and the curve CSV/PNG)."),
+        click.option("--json", "as_json", is_flag=True, help="Print the results record as JSON."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _prepare(backbone: str, data: str, arch: str | None, small_stem: bool | None, width: int | None,
+             seed: int, out: Path | None) -> tuple[Any, Any]:
+    from hpt.cli import _setup_logging
+
+    if out is not None:
+        _setup_logging(False, out)
+    model = load_eval_backbone(backbone, arch=arch, small_stem=small_stem, width=width, seed=seed)
+    splits = load_splits(data, seed=seed)
+    click.echo(f"data: {splits.spec.describe()}: {splits.describe()}", err=True)
+    return model, splits
+
+
+def _emit(record: dict[str, Any], as_json: bool) -> None:
+    click.echo(json.dumps(record, indent=2, sort_keys=True) if as_json else headline(record))
+
+
+@click.group("eval")
+def eval_group() -> None:
+    """Measure a backbone with the paper's protocols (accuracy or AUROC, with 95% intervals)."""
+
+
+@eval_group.command()
+@_common
+@click.option("--steps", type=int, default=5000, show_default=True, help="Classifier steps.")
+@click.option("--lr", type=float, default=30.0, show_default=True)
+@click.option("--batch-size", type=int, default=512, show_default=True)
+@click.option("--eval-every", type=int, default=100, show_default=True, help="Steps between val/test scores.")
+@click.option("--augmented", is_flag=True, help="Random-resized-crop + flip on the fly (slow) instead of cached features.")
+@click.option("--seeds", type=int, default=1, show_default=True, help="Repeat the classifier with this many seeds.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def linear(backbone: str, data: str, arch: str | None, small_stem: bool | None, width: int | None,
+           image_size: int | None, device: str, out: Path | None, as_json: bool, steps: int, lr: float,
+           batch_size: int, eval_every: int, augmented: bool, seeds: int, seed: int) -> None:
+    """Linear separability: a linear classifier on frozen features; test score at the best val score."""
+    config = LinearConfig(steps=steps, lr=lr, batch_size=batch_size, eval_every=eval_every, seeds=seeds, seed=seed,
+                          augmented=augmented, image_size=image_size, device=device)
+    model, splits = _prepare(backbone, data, arch, small_stem, width, seed, out)
+    _emit(linear_eval(model, splits, config, out), as_json)
+
+
+@eval_group.command()
+@_common
+@click.option("--labels", required=True, help="Labelled training images (at least one per class), or 'all'.")
+@click.option("--steps", type=int, default=2500, show_default=True, help="Optimizer steps of one effective batch.")
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Backbone lr (the head's is x100).")
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Effective batch per optimizer step.")
+@click.option("--micro-batch", type=int, default=None, help="Images per forward pass (gradient accumulation).")
+@click.option("--eval-every", type=int, default=100, show_default=True, help="Steps between val/test scores.")
+@click.option("--seeds", type=int, default=1, show_default=True, help="Repeat with this many seeds (and subsets).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def finetune(backbone: str, data: str, arch: str | None, small_stem: bool | None, width: int | None,
+             image_size: int | None, device: str, out: Path | None, as_json: bool, labels: str, steps: int,
+             lr: float, batch_size: int, micro_batch: int | None, eval_every: int, seeds: int, seed: int) -> None:
+    """Few-label fine-tuning of the whole network on N labelled images; test score at the best val score."""
+    if labels != "all" and not labels.isdigit():
+        raise click.BadParameter(f"expected a number or 'all', got {labels!r}", param_hint="--labels")
+    config = FinetuneConfig(labels=None if labels == "all" else int(labels), steps=steps, lr=lr,
+                            batch_size=batch_size, micro_batch=micro_batch, eval_every=eval_every, seeds=seeds,
+                            seed=seed, image_size=image_size, device=device)
+    model, splits = _prepare(backbone, data, arch, small_stem, width, seed, out)
+    _emit(finetune_eval(model, splits, config, out), as_json)
+
+
+@eval_group.command()
+@_common
+@click.option("--k", type=int, default=20, show_default=True, help="Neighbours.")
+@click.option("--temperature", type=float, default=0.07, show_default=True, help="Vote weight exp(cos/T).")
+def knn(backbone: str, data: str, arch: str | None, small_stem: bool | None, width: int | None,
+        image_size: int | None, device: str, out: Path | None, as_json: bool, k: int, temperature: float) -> None:
+    """kNN on L2-normalised features with the training split as the bank."""
+    config = KnnConfig(k=k, temperature=temperature, image_size=image_size, device=device)
+    model, splits = _prepare(backbone, data, arch, small_stem, width, 0, out)
+    _emit(knn_eval(model, splits, config, out), as_json)
