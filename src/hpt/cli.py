@@ -148,13 +148,16 @@ def export(source: str, fmt: str, out: Path) -> None:
         click.echo("load it with: model.load_state_dict(torch.load(path), strict=False)  # only fc.* is missing")
 
 
-def _register_eval() -> None:
+def _register_commands() -> None:
     from hpt.cli_eval import eval_group
+    from hpt.cli_experiment import experiment_group, report_command
 
     cli.add_command(eval_group)
+    cli.add_command(experiment_group)
+    cli.add_command(report_command)
 
 
-_register_eval()
+_register_commands()
 
 
 def _print_summary(result: object) -> None:

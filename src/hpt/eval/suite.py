@@ -65,16 +65,16 @@ class EvalSuite:
             log.info("eval data %s: %s", self._splits.spec.describe(), self._splits.describe())
         return self._splits
 
-    def evaluate(self, name: str, model: ResNet, source: str, fmt: str) -> list[dict[str, Any]]:
-        """Every protocol on one backbone (copied, so the caller's model is never touched); finished ones reused."""
+    def evaluate(self, name: str, model: ResNet, source: str, fmt: str,
+                 out_dir: Path | None = None) -> list[dict[str, Any]]:
+        """Every protocol on one backbone (copied, so the caller's model is never touched); finished ones reused.
+        Results go under out_dir (default: the suite's)."""
         backbone = EvalBackbone(copy.deepcopy(model), source, fmt, weights_sha256(model))
-        records = []
-        for protocol in self.config.protocols:
-            records.append(self._one(name, protocol, backbone))
-        return records
+        root = out_dir or self.out_dir
+        return [self._one(name, protocol, backbone, root) for protocol in self.config.protocols]
 
-    def _one(self, name: str, protocol: str, backbone: EvalBackbone) -> dict[str, Any]:
-        out = self.out_dir / "eval" / name / protocol
+    def _one(self, name: str, protocol: str, backbone: EvalBackbone, root: Path) -> dict[str, Any]:
+        out = root / "eval" / _folder(name) / protocol
         settings = self._settings(protocol)
         done = _finished(out / "results.json", backbone.weights_sha256, settings)
         if done is not None:
@@ -88,7 +88,7 @@ class EvalSuite:
             record = knn_eval(backbone, self.splits, self._knn_config(), out)
         record = {**record, "stage": name, "suite_settings": settings}
         write_json(out / "results.json", record)
-        append_result(self.out_dir / "results.jsonl", record)
+        append_result(root / "results.jsonl", record)
         log.info("eval %s/%s: %s", name, protocol, headline(record))
         return record
 
@@ -107,6 +107,11 @@ class EvalSuite:
 
     def _common(self) -> dict[str, Any]:
         return {"image_size": self.config.image_size, "device": self.config.device}
+
+
+def _folder(name: str) -> str:
+    """A variant name as a folder name ('HPT @ 0.1' -> 'HPT_at_0.1')."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.replace(" @ ", "_at_"))
 
 
 def _with(config: Any, **changes: Any) -> Any:

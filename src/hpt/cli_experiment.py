@@ -1,0 +1,56 @@
+"""`hpt experiment KIND FILE` and `hpt report OUT` (thin layer over hpt.experiments and hpt.report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from hpt.experiments import KINDS, load_experiment, run_experiment
+from hpt.report import build_report
+
+HELP = {
+    "compare": "Base, Target, HPT and HPT-BN on one target.",
+    "sequential": "B, B+S, B+T and B+S+T (needs 'source:').",
+    "augment": "HPT and Target with augmentations removed cumulatively.",
+    "datasize": "HPT, HPT-BN, Target and Base on fractions of the target's pretraining images.",
+    "convergence": "Probe score against pretraining steps, HPT vs Target, with the steps-to-parity ratio.",
+    "bases": "HPT from weaker and stronger bases (needs 'bases:').",
+}
+
+
+@click.group("experiment")
+def experiment_group() -> None:
+    """Run one of the paper's studies from an experiment YAML; finished runs are reused, killed ones resumed."""
+
+
+def _make(kind: str) -> click.Command:
+    @click.argument("config", type=click.Path(path_type=Path))
+    @click.argument("overrides", nargs=-1)
+    @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (overrides 'out:').")
+    @click.option("--no-report", is_flag=True, help="Do not rebuild OUT/report.md afterwards.")
+    def command(config: Path, overrides: tuple[str, ...], out: Path | None, no_report: bool) -> None:
+        from hpt.cli import _setup_logging
+
+        experiment = load_experiment(config, list(overrides))
+        folder = out or Path(experiment.out or f"runs/{experiment.name}")
+        _setup_logging(False, folder)
+        result = run_experiment(kind, experiment, folder)
+        click.echo(f"{kind}: {len(result.rows)} results in {result.rows_path} ({result.wall_time_s:.0f} s)")
+        if not no_report:
+            click.echo(f"report: {build_report(folder, experiment.name)}")
+
+    command.__doc__ = HELP[kind]
+    return click.command(kind)(command)
+
+
+for _kind in KINDS:
+    experiment_group.add_command(_make(_kind))
+
+
+@click.command("report")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--title", default=None, help="Title of report.md.")
+def report_command(out: Path, title: str | None) -> None:
+    """Rebuild OUT/report.md, OUT/results.csv and OUT/figures/ from finished experiments."""
+    click.echo(build_report(out, title))

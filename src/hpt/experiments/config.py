@@ -1,0 +1,121 @@
+"""The experiment YAML: one Base, one labelled Target (and a Source), stage defaults, budgets, evaluation.
+
+Every experiment kind (compare, sequential, augment, datasize, convergence, bases) reads the same file, so one
+file describes a target and all of its studies; runs that several studies share are trained once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from hpt.config import apply_overrides, from_dict, load_yaml
+from hpt.data import parse_data_spec
+from hpt.errors import HptError
+from hpt.eval.suite import EvalSuiteConfig
+from hpt.hierarchy import STAGE_KEYS, BaseConfig
+from hpt.augment import AUGMENTATIONS
+
+#: The paper's augmentation-robustness ladder: each level removes more (cumulatively).
+PAPER_AUGMENT_LEVELS: dict[str, list[str]] = {
+    "all": [],
+    "no grayscale": ["grayscale"],
+    "no colour": ["grayscale", "color_jitter"],
+    "crop+blur": ["grayscale", "color_jitter", "horizontal_flip"],
+    "crop only": ["grayscale", "color_jitter", "horizontal_flip", "gaussian_blur"],
+}
+
+
+@dataclass
+class Budgets:
+    """Pretraining budgets in steps of one global batch (the paper's: HPT 50-50k, Target 5k-400k)."""
+
+    hpt: int = 500
+    hpt_bn: int = 500
+    target: int = 5000
+    source: int = 500
+    bn_stats: int = 100  # batches used to re-estimate BatchNorm statistics for the Base variant
+    hpt_bn_lr: float | None = None  # HPT-BN's lr (the paper tried 0.003-0.1); None: the stages' lr
+
+    def __post_init__(self) -> None:
+        for name in ("hpt", "hpt_bn", "target", "source", "bn_stats"):
+            if getattr(self, name) < 1:
+                raise HptError(f"budgets.{name} must be >= 1 step, got {getattr(self, name)}")
+
+
+@dataclass
+class ExperimentConfig:
+    """What `hpt experiment KIND file.yaml` reads."""
+
+    target: str  # labelled target data: its train split is pretrained on, its splits evaluate
+    base: BaseConfig = field(default_factory=BaseConfig)
+    source: str | None = None  # for the sequential experiment
+    name: str = "experiment"
+    out: str | None = None  # relative to the file; --out overrides
+    defaults: dict[str, Any] = field(default_factory=dict)  # stage settings for every pretraining stage
+    budgets: Budgets = field(default_factory=Budgets)
+    eval: EvalSuiteConfig = field(default_factory=EvalSuiteConfig)
+    include_random: bool = True  # a random-weights row: shows how much any pretraining adds
+    augment_levels: dict[str, list[str]] = field(default_factory=lambda: dict(PAPER_AUGMENT_LEVELS))
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 0.25, 1.0])
+    convergence_steps: list[int] = field(default_factory=lambda: [50, 100, 200, 400, 800])
+    bases: dict[str, str] = field(default_factory=dict)  # label -> checkpoint, for the bases experiment
+
+    def __post_init__(self) -> None:
+        for key in self.defaults:
+            if key not in STAGE_KEYS or key in ("name", "data", "steps", "train"):
+                raise HptError(f"defaults.{key} is not a stage setting an experiment may set; valid: "
+                               f"{', '.join(sorted(STAGE_KEYS - {'name', 'data', 'steps', 'train'}))}")
+        for level, removed in self.augment_levels.items():
+            unknown = [a for a in removed if a not in AUGMENTATIONS]
+            if unknown:
+                raise HptError(f"augment_levels['{level}']: unknown augmentation(s) {', '.join(unknown)}; "
+                               f"valid: {', '.join(AUGMENTATIONS)}")
+        if any(not 0 < f <= 1 for f in self.fractions):
+            raise HptError(f"fractions must lie in (0, 1], got {self.fractions}")
+        if any(s < 1 for s in self.convergence_steps):
+            raise HptError(f"convergence_steps must be >= 1, got {self.convergence_steps}")
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read, override and validate an experiment file; relative paths are taken from the file's folder."""
+    path = Path(path)
+    raw = apply_overrides(load_yaml(path), overrides or [])
+    return parse_experiment(raw, path.parent.resolve())
+
+
+def parse_experiment(raw: dict[str, Any], root: Path | None = None) -> ExperimentConfig:
+    raw = dict(raw)
+    if "target" not in raw:
+        raise HptError("the experiment has no 'target'; give the labelled target data, e.g. target: npz:target.npz")
+    if root is not None:
+        for key in ("target", "source"):
+            if raw.get(key) is not None:
+                raw[key] = _resolve(raw[key], root)
+        base = raw.get("base")
+        if isinstance(base, dict) and isinstance(base.get("checkpoint"), str) and (root / base["checkpoint"]).exists():
+            raw["base"] = {**base, "checkpoint": str((root / base["checkpoint"]).resolve())}
+        if isinstance(raw.get("bases"), dict):
+            raw["bases"] = {k: str((root / v).resolve()) if (root / str(v)).exists() else v
+                            for k, v in raw["bases"].items()}
+        if raw.get("out") is not None and not Path(raw["out"]).is_absolute():
+            raw["out"] = str((root / raw["out"]).resolve())
+    section = dict(raw.get("eval") or {})
+    if section.get("data") is not None and root is not None:
+        section["data"] = _resolve(section["data"], root)
+    section.setdefault("data", _whole_train(raw["target"]))
+    augment = (raw.get("defaults") or {}).get("augment") or {}
+    if section.get("image_size") is None and isinstance(augment, dict) and augment.get("image_size"):
+        section["image_size"] = augment["image_size"]
+    raw["eval"] = section
+    return from_dict(ExperimentConfig, raw)
+
+
+def _resolve(data: Any, root: Path) -> str:
+    spec = parse_data_spec(data)
+    return spec.describe() if spec.path.is_absolute() else replace(spec, path=(root / spec.path).resolve()).describe()
+
+
+def _whole_train(data: Any) -> str:
+    return replace(parse_data_spec(data), split="train", fraction=None, count=None).describe()

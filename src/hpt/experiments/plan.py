@@ -1,0 +1,205 @@
+"""Experiments expand into variants: a start backbone and a chain of stages, each stage addressed by its content.
+
+A stage's id hashes the start and every stage setting up to it, so the same HPT run serves several
+experiments and a chain B+S+T reuses the B+S stage it begins with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from hpt.config import deep_merge, from_dict
+from hpt.data import parse_data_spec
+from hpt.errors import HptError
+from hpt.experiments.config import ExperimentConfig
+from hpt.hierarchy import BaseConfig
+from hpt.models import inspect_checkpoint
+from hpt.stage import StageConfig
+
+KINDS = ("compare", "sequential", "augment", "datasize", "convergence", "bases")
+
+
+@dataclass
+class Variant:
+    """One row of an experiment: `label` in series `series` at axis value `x`."""
+
+    experiment: str
+    label: str
+    start: BaseConfig
+    stages: list[StageConfig] = field(default_factory=list)
+    series: str = ""
+    x: Any = None
+
+    def stage_ids(self) -> list[str]:
+        """Content ids: hash(start, stage 1..i settings) for every stage i."""
+        ids, chain = [], [start_identity(self.start)]
+        for stage in self.stages:
+            chain.append(stage.semantic())
+            digest = hashlib.sha256(json.dumps(chain, sort_keys=True, default=str).encode()).hexdigest()[:12]
+            ids.append(f"{stage.name}-{digest}")
+        return ids
+
+    def result_id(self) -> str:
+        """Where this variant's evaluation lives: its last stage, or its start when it trains nothing."""
+        ids = self.stage_ids()
+        if ids:
+            return ids[-1]
+        digest = hashlib.sha256(json.dumps(start_identity(self.start), sort_keys=True).encode()).hexdigest()[:12]
+        return f"start-{digest}"
+
+    @property
+    def steps(self) -> int:
+        """Pretraining steps on top of the start (BatchNorm re-estimation is not counted: no gradient step)."""
+        return sum(s.steps for s in self.stages if s.train in ("all", "bn"))
+
+    @property
+    def images_seen(self) -> int:
+        return sum(s.steps * s.batch_size for s in self.stages if s.train in ("all", "bn"))
+
+
+def start_identity(start: BaseConfig) -> dict[str, Any]:
+    """What the start backbone is: 'random' with its architecture and seed, or a file by its content hash."""
+    ident: dict[str, Any] = {"checkpoint": start.checkpoint, "arch": start.arch, "small_stem": start.small_stem,
+                             "width": start.width}
+    if start.checkpoint == "random":
+        ident["seed"] = start.seed
+    elif Path(start.checkpoint).is_file():
+        ident["checkpoint"] = _file_sha256(Path(start.checkpoint))
+    return ident
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def expand(kind: str, config: ExperimentConfig) -> list[Variant]:
+    """The variants of one experiment kind."""
+    if kind not in KINDS:
+        raise HptError(f"unknown experiment '{kind}'; choose from {', '.join(KINDS)}")
+    return {"compare": _compare, "sequential": _sequential, "augment": _augment, "datasize": _datasize,
+            "convergence": _convergence, "bases": _bases}[kind](config)
+
+
+class _Builder:
+    """Makes stages and starts for one experiment config."""
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config = config
+        self.target_data = _train_split(config.target)
+
+    def stage(self, name: str, data: str, steps: int, train: str = "all", **extra: Any) -> StageConfig:
+        settings = deep_merge(self.config.defaults, {"name": name, "data": data, "steps": steps, "train": train})
+        settings = deep_merge(settings, extra)
+        if train == "bn" and self.config.budgets.hpt_bn_lr is not None:
+            settings["lr"] = self.config.budgets.hpt_bn_lr
+        return from_dict(StageConfig, settings, "stage")
+
+    def base(self, checkpoint: str | None = None) -> BaseConfig:
+        return replace(self.config.base, checkpoint=checkpoint) if checkpoint else self.config.base
+
+    def random(self) -> BaseConfig:
+        """Random weights of the base's architecture (Target's start)."""
+        base = self.config.base
+        if base.checkpoint == "random":
+            return base
+        spec = inspect_checkpoint(base.checkpoint).spec
+        if spec is None:
+            raise HptError(f"cannot tell the architecture of {base.checkpoint}; set base.arch, small_stem, width")
+        return BaseConfig("random", spec.arch, spec.small_stem, spec.width, base.seed)
+
+    def base_variant(self, experiment: str, label: str = "Base", data: str | None = None,
+                     checkpoint: str | None = None, **kw: Any) -> Variant:
+        stats = self.stage("bn-stats", data or self.target_data, self.config.budgets.bn_stats, "bn-stats")
+        return Variant(experiment, label, self.base(checkpoint), [stats], **kw)
+
+    def hpt(self, experiment: str, label: str = "HPT", steps: int | None = None, data: str | None = None,
+            start: BaseConfig | None = None, prefix: list[StageConfig] | None = None, **kw: Any) -> Variant:
+        extra = kw.pop("stage_extra", {})
+        stage = self.stage("target", data or self.target_data, steps or self.config.budgets.hpt, "all", **extra)
+        return Variant(experiment, label, start or self.base(), [*(prefix or []), stage], **kw)
+
+    def hpt_bn(self, experiment: str, steps: int | None = None, data: str | None = None, **kw: Any) -> Variant:
+        stage = self.stage("target-bn", data or self.target_data, steps or self.config.budgets.hpt_bn, "bn")
+        return Variant(experiment, "HPT-BN", self.base(), [stage], **kw)
+
+    def target(self, experiment: str, steps: int | None = None, data: str | None = None, **kw: Any) -> Variant:
+        extra = kw.pop("stage_extra", {})
+        stage = self.stage("target", data or self.target_data, steps or self.config.budgets.target, "all", **extra)
+        return Variant(experiment, "Target", self.random(), [stage], **kw)
+
+    def random_variant(self, experiment: str) -> Variant:
+        return Variant(experiment, "Random", self.random(), [])
+
+
+def _compare(config: ExperimentConfig) -> list[Variant]:
+    b = _Builder(config)
+    rows = [b.random_variant("compare")] if config.include_random else []
+    return rows + [b.base_variant("compare"), b.target("compare"), b.hpt("compare"), b.hpt_bn("compare")]
+
+
+def _sequential(config: ExperimentConfig) -> list[Variant]:
+    if config.source is None:
+        raise HptError("the sequential experiment needs a 'source' data set in the experiment file")
+    b = _Builder(config)
+    source = b.stage("source", _train_split(config.source), config.budgets.source, "all")
+    target_stats = b.stage("bn-stats", b.target_data, config.budgets.bn_stats, "bn-stats")
+    return [
+        b.base_variant("sequential", "B"),
+        Variant("sequential", "B+S", b.base(), [source, target_stats]),
+        b.hpt("sequential", "B+T"),
+        b.hpt("sequential", "B+S+T", prefix=[source]),
+    ]
+
+
+def _augment(config: ExperimentConfig) -> list[Variant]:
+    b = _Builder(config)
+    rows = []
+    for level, removed in config.augment_levels.items():
+        extra = {"augment": {"remove": list(removed)}}
+        rows.append(b.hpt("augment", series="HPT", x=level, stage_extra=extra))
+        rows.append(b.target("augment", series="Target", x=level, stage_extra=extra))
+    return rows
+
+
+def _datasize(config: ExperimentConfig) -> list[Variant]:
+    b = _Builder(config)
+    rows = []
+    for fraction in config.fractions:
+        data = b.target_data if fraction == 1 else replace(parse_data_spec(b.target_data), fraction=fraction).describe()
+        rows.append(b.hpt("datasize", data=data, series="HPT", x=fraction))
+        rows.append(b.hpt_bn("datasize", data=data, series="HPT-BN", x=fraction))
+        rows.append(b.target("datasize", data=data, series="Target", x=fraction))
+        rows.append(b.base_variant("datasize", data=data, series="Base", x=fraction))
+    return rows
+
+
+def _convergence(config: ExperimentConfig) -> list[Variant]:
+    b = _Builder(config)
+    rows = [b.base_variant("convergence", series="HPT", x=0)]
+    for steps in config.convergence_steps:
+        rows.append(b.hpt("convergence", steps=steps, series="HPT", x=steps))
+        rows.append(b.target("convergence", steps=steps, series="Target", x=steps))
+    return rows
+
+
+def _bases(config: ExperimentConfig) -> list[Variant]:
+    if not config.bases:
+        raise HptError("the bases experiment needs 'bases:', a mapping of label -> checkpoint (weaker and stronger)")
+    b = _Builder(config)
+    rows = []
+    for label, checkpoint in config.bases.items():
+        rows.append(b.base_variant("bases", checkpoint=checkpoint, series="Base", x=label))
+        rows.append(b.hpt("bases", start=b.base(checkpoint), series="HPT", x=label))
+    return rows
+
+
+def _train_split(data: str) -> str:
+    return replace(parse_data_spec(data), split="train").describe()

@@ -1,0 +1,112 @@
+"""Run an experiment: train the stages that are missing, evaluate each variant, write one row per result.
+
+Layout of OUT:  stages/<stage-id>/<stage name>/   (backbone, state, metrics; shared by every experiment)
+                stages/<id>/eval/<label>/<protocol>/results.json
+                experiments/<kind>.jsonl           (the rows of the last complete run of that experiment)
+Killed and restarted, an experiment resumes the interrupted stage and skips everything that finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpt import distributed
+from hpt.eval.suite import EvalSuite
+from hpt.experiments.config import ExperimentConfig
+from hpt.experiments.plan import Variant, expand
+from hpt.models import build_backbone
+from hpt.stage import run_stage
+
+log = logging.getLogger("hpt")
+
+
+@dataclass
+class ExperimentResult:
+    kind: str
+    rows: list[dict[str, Any]]
+    rows_path: Path
+    wall_time_s: float
+
+
+def run_experiment(kind: str, config: ExperimentConfig, out_dir: str | Path | None = None) -> ExperimentResult:
+    """Expand, run what is missing, evaluate, and write OUT/experiments/<kind>.jsonl."""
+    out = Path(out_dir or config.out or f"runs/{config.name}")
+    variants = expand(kind, config)
+    started = time.time()
+    info = distributed.init_distributed(config.defaults.get("device", "auto"))
+    suite = EvalSuite(config.eval, out)
+    log.info("experiment %s: %d variants -> %s", kind, len(variants), out)
+    rows = []
+    for i, variant in enumerate(variants, 1):
+        log.info("[%d/%d] %s", i, len(variants), _name(variant))
+        rows.extend(run_variant(variant, out, suite, info))
+    path = out / "experiments" / f"{kind}.jsonl"
+    if info.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+        os.replace(tmp, path)
+    return ExperimentResult(kind, rows, path, time.time() - started)
+
+
+def run_variant(variant: Variant, out: Path, suite: EvalSuite, info: distributed.DistInfo) -> list[dict[str, Any]]:
+    """Train (or reuse) the variant's stages from its start, then evaluate its final backbone."""
+    start = variant.start
+    import torch
+
+    torch.manual_seed(start.seed)
+    backbone, checkpoint_info = build_backbone(start.checkpoint, arch=start.arch, small_stem=start.small_stem,
+                                               width=start.width)
+    summaries = []
+    for stage, stage_id in zip(variant.stages, variant.stage_ids(), strict=True):
+        result = run_stage(stage, backbone, out / "stages" / stage_id, resume=True, info=info)
+        summaries.append(result.summary)
+    if not info.is_main:
+        return []
+    where = out / "stages" / variant.result_id()
+    source = (str(where / variant.stages[-1].name / "backbone.safetensors") if variant.stages
+              else start.checkpoint)
+    fmt = "safetensors" if variant.stages else ("random" if checkpoint_info is None else checkpoint_info.format)
+    # Named by the stage, not the variant: experiments that share a stage share its evaluation too.
+    records = suite.evaluate(variant.stages[-1].name if variant.stages else "start", backbone, source, fmt,
+                             out_dir=where)
+    pretrain_s = sum(float(s.get("wall_time_s", 0.0)) for s in summaries)
+    return [_row(variant, record, pretrain_s) for record in records]
+
+
+def _name(variant: Variant) -> str:
+    return variant.label if variant.x is None else f"{variant.label} @ {variant.x}"
+
+
+def _row(variant: Variant, record: dict[str, Any], pretrain_s: float) -> dict[str, Any]:
+    """One line of results.csv: which variant, which protocol, the score with its interval, and the cost."""
+    seeds = record["seeds"]
+    return {
+        "experiment": variant.experiment,
+        "variant": variant.label,
+        "series": variant.series or variant.label,
+        "x": variant.x,
+        "stages": " -> ".join(f"{s.name}({s.train}, {s.steps} steps)" for s in variant.stages) or "none",
+        "start": variant.start.checkpoint,
+        "protocol": record["protocol"],
+        "metric": record["metric"],
+        "test": record["test"],
+        "low": record["interval"][0],
+        "high": record["interval"][1],
+        "seeds": seeds["count"],
+        "seed_std": seeds["std"],
+        "test_images": record["splits"]["sizes"]["test"],
+        "excluded_classes": record.get("excluded_classes", []),
+        "pretrain_steps": variant.steps,
+        "images_seen": variant.images_seen,
+        "pretrain_wall_s": round(pretrain_s, 1),
+        "eval_wall_s": record["wall_time_s"],
+        "result_id": variant.result_id(),
+        "backbone_sha256": record["backbone"]["weights_sha256"],
+    }

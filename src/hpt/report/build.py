@@ -1,0 +1,114 @@
+"""`hpt report OUT`: tables (report.md), every number (results.csv) and figures, from finished experiment rows.
+
+Reads only OUT/experiments/<kind>.jsonl and the evaluations' curve.csv files; trains and evaluates nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from hpt.errors import HptError
+from hpt.report import figures
+from hpt.report.tables import experiment_table, parity_sentence, steps_to_parity
+
+ORDER = ("compare", "sequential", "augment", "datasize", "convergence", "bases")
+TITLES = {
+    "compare": "Base vs Target vs HPT vs HPT-BN",
+    "sequential": "Sequential pretraining: B, B+S, B+T, B+S+T",
+    "augment": "Augmentation robustness (augmentations removed cumulatively)",
+    "datasize": "Pretraining-data robustness (fraction of the target's images)",
+    "convergence": "Convergence: score against pretraining steps",
+    "bases": "HPT from weaker and stronger bases",
+}
+CSV_FIELDS = ("experiment", "variant", "series", "x", "protocol", "metric", "test", "low", "high", "seeds",
+              "seed_std", "test_images", "pretrain_steps", "images_seen", "pretrain_wall_s", "eval_wall_s", "stages",
+              "start", "result_id", "backbone_sha256")
+
+
+def read_rows(out: Path) -> dict[str, list[dict[str, Any]]]:
+    folder = out / "experiments"
+    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    if not files:
+        raise HptError(f"{out} holds no finished experiments (no {folder}/*.jsonl); run `hpt experiment KIND FILE "
+                       f"--out {out}` first")
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for path in files:
+        try:
+            rows[path.stem] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except json.JSONDecodeError as err:
+            raise HptError(f"{path} is not valid JSON lines ({err}); re-run that experiment to rewrite it") from None
+    return rows
+
+
+def build_report(out: str | Path, title: str | None = None) -> Path:
+    """Write OUT/report.md, OUT/results.csv and OUT/figures/*.png; return the report's path."""
+    out = Path(out)
+    rows = read_rows(out)
+    kinds = [k for k in ORDER if k in rows] + sorted(k for k in rows if k not in ORDER)
+    _write_csv(out / "results.csv", [row for kind in kinds for row in rows[kind]])
+    lines = [f"# {title or 'HPT report'}", "",
+             "Scores are test scores at the best validation score, in percent, with 95% bootstrap intervals over "
+             "the test images. 'within noise' means the intervals overlap: such a difference is not evidence.", ""]
+    for kind in kinds:
+        lines += [f"## {TITLES.get(kind, kind)}", ""]
+        lines.append(experiment_table(rows[kind]))
+        if kind == "convergence":
+            for protocol, group in _by_protocol(rows[kind]).items():
+                sentence = parity_sentence(steps_to_parity(group))
+                if sentence:
+                    lines += [f"{protocol}: {sentence}", ""]
+        for figure in _figures(kind, rows[kind], out):
+            lines += [f"![{figure.stem}]({figure.relative_to(out).as_posix()})", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _by_protocol(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[row["protocol"]].append(row)
+    return groups
+
+
+def _figures(kind: str, rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    made = []
+    folder = out / "figures"
+    for protocol, group in _by_protocol(rows).items():
+        name = f"{kind}_{protocol}"
+        title = f"{TITLES.get(kind, kind)} - {protocol}"
+        if kind in ("compare", "sequential"):
+            made.append(figures.bars(group, folder / f"{name}.png", title))
+            if protocol == "linear":
+                curves = {r["variant"]: out / "stages" / r["result_id"] / "eval" / _stage_of(r) / "linear" /
+                          "curve.csv" for r in group}
+                curve = figures.separability_curves(curves, folder / f"{kind}_separability.png",
+                                                    f"Linear separability - {kind}", group[0]["metric"])
+                if curve is not None:
+                    made.append(curve)
+        elif kind == "bases":
+            made.append(figures.bars(group, folder / f"{name}.png", title))
+        else:
+            xlabel = {"augment": "augmentations kept", "datasize": "fraction of target images pretrained on",
+                      "convergence": "pretraining steps"}.get(kind, "x")
+            made.append(figures.lines(group, folder / f"{name}.png", title, xlabel, log_x=kind == "datasize"))
+    return made
+
+
+def _stage_of(row: dict[str, Any]) -> str:
+    """The evaluation folder of a row: its last stage's name, or 'start'."""
+    if row["stages"] == "none":
+        return "start"
+    return row["stages"].split(" -> ")[-1].split("(")[0]
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)

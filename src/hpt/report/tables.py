@@ -1,0 +1,105 @@
+"""Markdown tables of experiment rows: every score with its interval, and differences inside noise named as such."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from hpt.eval.metrics import Interval, differs
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def score_cell(row: dict[str, Any]) -> str:
+    text = f"{pct(row['test'])} [{pct(row['low'])}, {pct(row['high'])}]"
+    if row.get("seeds", 1) > 1:
+        text += f" (sd {pct(row['seed_std'])} over {row['seeds']} seeds)"
+    return text
+
+
+def interval(row: dict[str, Any]) -> Interval:
+    return Interval(row["low"], row["high"])
+
+
+def versus_best(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """'best', 'within noise of best' or 'below best' (intervals do not overlap)."""
+    best = max(rows, key=lambda r: r["test"])
+    if row is best:
+        tied = [r for r in rows if r is not best and not differs(r["test"], interval(r), best["test"], interval(best))]
+        return "best" + (f" (not separated from {', '.join(label(r) for r in tied)})" if tied else "")
+    return "below best" if differs(row["test"], interval(row), best["test"], interval(best)) else "within noise of best"
+
+
+def label(row: dict[str, Any]) -> str:
+    return row["variant"] if row.get("x") in (None, "") else f"{row['variant']} @ {row['x']}"
+
+
+def metric_name(rows: list[dict[str, Any]]) -> str:
+    return "top-1 accuracy (%)" if rows[0]["metric"] == "top1" else "mean AUROC (%)"
+
+
+def experiment_table(rows: list[dict[str, Any]]) -> str:
+    """One markdown table per protocol: variants as rows; score, interval, comparison, steps, images, time."""
+    parts = []
+    by_protocol: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_protocol[row["protocol"]].append(row)
+    for protocol, group in by_protocol.items():
+        parts.append(f"**{protocol}** - test {metric_name(group)} [95% bootstrap interval], "
+                     f"{group[0]['test_images']} test images\n")
+        parts.append("| variant | score | vs best | pretraining steps | images seen | pretraining time (s) |")
+        parts.append("|---|---|---|---|---|---|")
+        for row in group:
+            parts.append(f"| {label(row)} | {score_cell(row)} | {versus_best(row, group)} | {row['pretrain_steps']:,} "
+                         f"| {row['images_seen']:,} | {row['pretrain_wall_s']:,.1f} |")
+        parts.append("")
+        parts.extend(pairwise_notes(group))
+    return "\n".join(parts)
+
+
+def pairwise_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """HPT against each baseline present, in points, with the verdict 'beyond noise' or 'within noise'."""
+    named = {label(r): r for r in rows}
+    notes = []
+    for ours in ("HPT", "B+S+T", "B+T"):
+        if ours not in named:
+            continue
+        for other in ("Base", "Target", "HPT-BN", "Random", "B", "B+S"):
+            if other in named and other != ours:
+                a, b = named[ours], named[other]
+                delta = 100 * (a["test"] - b["test"])
+                verdict = "beyond noise" if differs(a["test"], interval(a), b["test"], interval(b)) else \
+                    "within noise (intervals overlap)"
+                notes.append(f"- {ours} - {other}: {delta:+.1f} points, {verdict}")
+        break
+    return notes + ([""] if notes else [])
+
+
+def steps_to_parity(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Convergence: the Target steps needed to reach HPT's best score, divided by HPT's steps at its best.
+    When Target never reaches it, the ratio is a lower bound (Target's largest budget / HPT's steps)."""
+    hpt = sorted((r for r in rows if r["series"] == "HPT" and r["pretrain_steps"] > 0), key=lambda r: r["x"])
+    target = sorted((r for r in rows if r["series"] == "Target"), key=lambda r: r["x"])
+    if not hpt or not target:
+        return None
+    best = max(hpt, key=lambda r: r["test"])
+    reached = [r for r in target if r["test"] >= best["test"]]
+    if reached:
+        steps = reached[0]["x"]
+        return {"hpt_best": best["test"], "hpt_steps": best["x"], "target_steps": steps,
+                "ratio": steps / best["x"], "lower_bound": False}
+    return {"hpt_best": best["test"], "hpt_steps": best["x"], "target_steps": target[-1]["x"],
+            "ratio": target[-1]["x"] / best["x"], "lower_bound": True}
+
+
+def parity_sentence(parity: dict[str, Any] | None) -> str:
+    if parity is None:
+        return ""
+    if parity["lower_bound"]:
+        return (f"Steps to parity: Target did not reach HPT's best ({pct(parity['hpt_best'])} at "
+                f"{parity['hpt_steps']} steps) within {parity['target_steps']} steps: ratio > {parity['ratio']:.1f}.")
+    return (f"Steps to parity: Target needed {parity['target_steps']} steps to reach HPT's best "
+            f"({pct(parity['hpt_best'])} at {parity['hpt_steps']} steps): ratio {parity['ratio']:.1f} "
+            "(point estimates; see the intervals in the table).")
