@@ -119,3 +119,16 @@ def test_hierarchy_chains_each_stage_from_the_previous_backbone(tiny_npz: Path, 
     assert [r["stage"] for r in records] == ["base", "source", "target"]
     rerun = run_hierarchy(parse_hierarchy(raw), tmp_path)
     assert all(s.skipped for s in rerun.stages)
+
+
+def test_keep_backbones_saves_intermediate_backbones_without_changing_the_result(tiny_npz: Path,
+                                                                                   tmp_path: Path) -> None:
+    from hpt.models import build_backbone
+
+    plain = run_stage(stage(tiny_npz, steps=3), tiny_backbone(), tmp_path / "plain")
+    kept = run_stage(stage(tiny_npz, steps=3, keep_backbones=[1, 3]), tiny_backbone(), tmp_path / "kept")
+    assert kept.summary["backbone_sha256"] == plain.summary["backbone_sha256"]
+    first, _ = build_backbone(str(tmp_path / "kept" / "s" / "backbone-step1.safetensors"))
+    last, _ = build_backbone(str(tmp_path / "kept" / "s" / "backbone-step3.safetensors"))
+    assert weights_sha256(last) == plain.summary["backbone_sha256"] != weights_sha256(first)
+    assert not (tmp_path / "kept" / "s" / "backbone-step2.safetensors").exists()

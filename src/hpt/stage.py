@@ -38,7 +38,7 @@ log = logging.getLogger("hpt")
 
 TrainMode = Literal["all", "bn", "bn-stats", "none"]
 #: Config keys that change how a stage runs but not what it computes; they may differ on resume.
-RUNTIME_KEYS = frozenset({"device", "workers", "checkpoint_every", "log_every"})
+RUNTIME_KEYS = frozenset({"device", "workers", "checkpoint_every", "log_every", "keep_backbones"})
 FAULT_ENV = "HPT_FAULT_AFTER_STEP"  # test hook: SIGKILL this process after the given step
 
 
@@ -65,6 +65,7 @@ class StageConfig:
     workers: int | None = None
     checkpoint_every: int = 200
     log_every: int = 10
+    keep_backbones: list[int] = field(default_factory=list)  # also save backbone-step<N>.safetensors at these steps
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
@@ -329,6 +330,9 @@ def _train_ssl(
             progress.update(1)
             if done % config.checkpoint_every == 0 or done == config.steps:
                 _save(stage_dir, model, optimizer, scaler, done, semantic, queue_size, info)
+            if done in config.keep_backbones and info.is_main:
+                save_backbone(model.backbone, stage_dir / f"backbone-step{done}.safetensors",
+                              {"stage": config.name, "step": str(done), "data": config.data})
             if fault_step and done == fault_step:
                 os.kill(os.getpid(), signal.SIGKILL)
     except KeyboardInterrupt:
