@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -133,9 +134,10 @@ def _display(path: str, root: Path) -> str:
         return path
 
 
-def decode(path: str, channels: int, size: int | None) -> Image.Image:
-    """Decode one file to mode L (channels=1) or RGB, resized to size x size (bilinear, antialiased) if given.
-    16-bit grayscale is scaled to 8 bits (x / 257), not clipped as PIL's convert would."""
+def decode(path: str | IO[bytes], channels: int, size: int | None) -> Image.Image:
+    """Decode one file (a path or an open binary file) to mode L (channels=1) or RGB, resized to size x size
+    (bilinear, antialiased) if given. 16-bit grayscale is scaled to 8 bits (x / 257), not clipped as PIL's
+    convert would."""
     with Image.open(path) as img:
         if size is not None:
             img.draft(None, (size, size))  # JPEG: decode at a reduced scale when much larger than size

@@ -3,6 +3,7 @@
 Split: PATH/<split> is used when it exists (train, val, test, ... subfolders); a folder without split
 subfolders is all split=train. Class indices follow the sorted class-folder names, taken over every split
 subfolder (train/val/valid/validation/test) so that all splits agree even when one lacks a class.
+The listing is cached in $HPT_CACHE/listings and reused while no directory it read has changed.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from hpt.data.files import IMAGE_EXTENSIONS, FileImageDataset, is_image_file
+from hpt.data.listing import Walker, cached_walk
 from hpt.data.spec import DataSpec
 from hpt.errors import HptError
 
@@ -22,44 +25,59 @@ SPLIT_DIR_NAMES: tuple[str, ...] = ("train", "val", "valid", "validation", "test
 
 
 class FolderDataset(FileImageDataset):
-    """Images found under a folder; labels from class subfolders, or unlabelled for a flat folder."""
+    """Images found under a folder; labels from class subfolders, or unlabelled for a flat folder.
 
-    def __init__(self, spec: DataSpec) -> None:
+    The walk is cached (see :mod:`hpt.data.listing`): reopening an unchanged folder only stats its directories.
+    """
+
+    def __init__(self, spec: DataSpec, cache_dir: Path | None = None) -> None:
         if spec.kind != "folder":
             raise ValueError(f"FolderDataset needs a folder spec, got {spec.kind}")
         root = spec.path.expanduser()
         if not root.is_dir():
             where = "is a file" if root.exists() else "does not exist"
             raise HptError(f"image folder {root} {where}; check the path in the data spec")
-        chosen, siblings = _split_dirs(root, spec.split)
-        layouts = {d: _layout(d) for d in dict.fromkeys(chosen + siblings)}
-        class_names = sorted({c for d, (_, classes) in layouts.items() for c in classes})
-        files: list[str] = []
-        labels: list[int] = []
-        flat = [d for d in chosen if not layouts[d][1]]
-        for d in chosen:
-            top, classes = layouts[d]
-            if top and classes:
-                raise HptError(f"{d} has images at its top level ({top[0]}, ...) and class subfolders "
-                               f"({', '.join(classes[:5])}); move the loose images into a class folder, "
-                               "or point the data spec at a folder of one kind")
-            if classes:
-                for c in classes:
-                    found = _images_under(d / c)
-                    files.extend(found)
-                    labels.extend([class_names.index(c)] * len(found))
-            else:
-                files.extend(str(d / name) for name in top)
-        if not files:
-            names = ", ".join(IMAGE_EXTENSIONS)
-            raise HptError(f"no images ({names}) found in {', '.join(map(str, chosen))}; "
-                           "check the path and split of the data spec")
-        if flat and len(flat) < len(chosen):
+        found = cached_walk([str(root.resolve()), spec.split], lambda walker: _walk(root, spec.split, walker),
+                            cache_dir)
+        prefix = os.path.join(str(root), "")
+        files = [prefix + rel for rel in found["files"]]
+        class_names: list[str] | None = found["class_names"]
+        if found["partly_flat"]:
             log.warning("%s: some split folders have no class subfolders; the data is used unlabelled", root)
-        label_array = None if flat else np.asarray(labels, dtype=np.int64)
-        self._setup(spec, files, label_array, len(class_names) if label_array is not None else None,
-                    class_names if label_array is not None else None, root,
-                    "the folder changed while it was read; try again", root)
+        label_array = None if found["labels"] is None else np.asarray(found["labels"], dtype=np.int64)
+        self._setup(spec, files, label_array, len(class_names) if class_names is not None else None,
+                    class_names, root, "the folder changed while it was read; try again", root)
+
+
+def _walk(root: Path, split: str, walker: Walker) -> dict[str, Any]:
+    """List the split's images: {"files": paths relative to root, "labels", "class_names", "partly_flat"}."""
+    walker.note(root)  # split subfolders appearing or vanishing change root's mtime
+    chosen, siblings = _split_dirs(root, split)
+    layouts = {d: _layout(d, walker) for d in dict.fromkeys(chosen + siblings)}
+    class_names = sorted({c for d, (_, classes) in layouts.items() for c in classes})
+    files: list[str] = []
+    labels: list[int] = []
+    flat = [d for d in chosen if not layouts[d][1]]
+    for d in chosen:
+        top, classes = layouts[d]
+        if top and classes:
+            raise HptError(f"{d} has images at its top level ({top[0]}, ...) and class subfolders "
+                           f"({', '.join(classes[:5])}); move the loose images into a class folder, "
+                           "or point the data spec at a folder of one kind")
+        if classes:
+            for c in classes:
+                found = _images_under(d / c, walker)
+                files.extend(found)
+                labels.extend([class_names.index(c)] * len(found))
+        else:
+            files.extend(str(d / name) for name in top)
+    if not files:
+        names = ", ".join(IMAGE_EXTENSIONS)
+        raise HptError(f"no images ({names}) found in {', '.join(map(str, chosen))}; "
+                       "check the path and split of the data spec")
+    cut = len(os.path.join(str(root), ""))
+    return {"files": [f[cut:] for f in files], "labels": None if flat else labels,
+            "class_names": None if flat else class_names, "partly_flat": bool(flat) and len(flat) < len(chosen)}
 
 
 def _split_dirs(root: Path, split: str) -> tuple[list[Path], list[Path]]:
@@ -79,31 +97,28 @@ def _split_dirs(root: Path, split: str) -> tuple[list[Path], list[Path]]:
                    "only has split=train (or all): use one of those or point at the split's own folder")
 
 
-def _layout(folder: Path) -> tuple[list[str], list[str]]:
+def _layout(folder: Path, walker: Walker) -> tuple[list[str], list[str]]:
     """(image file names at the top level, sorted; class subfolder names, sorted), hidden entries ignored."""
     top: list[str] = []
     dirs: list[str] = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                dirs.append(entry.name)
-            elif entry.is_file() and is_image_file(entry.name):
-                top.append(entry.name)
+    for name, _, is_dir, is_file in walker.scandir(folder):
+        if name.startswith("."):
+            continue
+        if is_dir:
+            dirs.append(name)
+        elif is_file and is_image_file(name):
+            top.append(name)
     return sorted(top), sorted(dirs)
 
 
-def _images_under(folder: Path) -> list[str]:
+def _images_under(folder: Path, walker: Walker) -> list[str]:
     """All image files below folder (recursive, hidden entries ignored), in sorted path order."""
     found: list[str] = []
-    with os.scandir(folder) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
-        if entry.name.startswith("."):
+    for name, path, is_dir, is_file in sorted(walker.scandir(folder)):
+        if name.startswith("."):
             continue
-        if entry.is_dir():
-            found.extend(_images_under(Path(entry.path)))
-        elif entry.is_file() and is_image_file(entry.name):
-            found.append(entry.path)
+        if is_dir:
+            found.extend(_images_under(Path(path), walker))
+        elif is_file and is_image_file(name):
+            found.append(path)
     return found

@@ -1,7 +1,9 @@
 """The data spec: which images to use, as typed by users (`--data SPEC`) or written in YAML (`data:`).
 
 String form ``KIND:PATH[?key=value&key=value...]``, e.g. ``npz:data/mnist_28.npz?split=val&fraction=0.1``;
-a bare path infers KIND from its suffix (.npz, .csv) or from being a directory (folder).
+a bare path infers KIND from its suffix (.npz, .csv, .tar) or from being a directory (folder).
+Kinds: npz (in memory), npy (a folder of memory-mapped .npy arrays), folder and csv (image files),
+wds (WebDataset .tar shards, streamed: ``wds:/data/shard-{000000..000099}.tar``).
 Mapping form ``{kind: npz, path: ..., split: val, ...}`` gives the same :class:`DataSpec`.
 Values in the string form are percent-decoded (``%26`` for ``&``); list values are comma-separated.
 """
@@ -20,7 +22,7 @@ from urllib.parse import quote, unquote
 
 from hpt.errors import HptError
 
-KINDS: tuple[str, ...] = ("npz", "folder", "csv")
+KINDS: tuple[str, ...] = ("npz", "npy", "folder", "csv", "wds")
 UNCERTAIN_POLICIES: tuple[str, ...] = ("zeros", "ones")
 # Keys accepted after `?` (string form) or beside kind/path (mapping form), in canonical order.
 OPTION_KEYS: tuple[str, ...] = (
@@ -29,6 +31,7 @@ OPTION_KEYS: tuple[str, ...] = (
 )
 CSV_ONLY_KEYS: tuple[str, ...] = ("path_column", "label_columns", "root", "uncertain")
 FILE_ONLY_KEYS: tuple[str, ...] = ("skip_corrupt",)
+ARRAY_KINDS: tuple[str, ...] = ("npz", "npy")
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
@@ -157,17 +160,19 @@ def _build(kind: str | None, location: str, options: Mapping[str, Any], source: 
 
 
 def infer_kind(path: Path, source: str | None = None) -> str:
-    """Kind of a bare path: .npz -> npz, .csv -> csv, an existing directory -> folder."""
+    """Kind of a bare path: .npz -> npz, .csv -> csv, .tar -> wds, an existing directory -> folder."""
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return "npz"
     if suffix == ".csv":
         return "csv"
+    if suffix == ".tar":
+        return "wds"
     if path.expanduser().is_dir():
         return "folder"
     where = "it does not exist" if not path.expanduser().exists() else "it is not a .npz, a .csv or a directory"
     raise HptError(f"cannot tell what kind of data '{source or path}' is ({where}); "
-                   f"write the kind before the path: npz:PATH, folder:PATH or csv:PATH")
+                   f"write the kind before the path: npz:PATH, folder:PATH or csv:PATH (or npy:DIR, wds:PATTERN)")
 
 
 def _check_key(key: str, source: str, *, allow_kind_path: bool) -> None:
@@ -278,10 +283,18 @@ def _validate(spec: DataSpec) -> None:
         for key in CSV_ONLY_KEYS:
             if getattr(spec, key) != defaults[key].default:
                 raise HptError(f"{key} only applies to csv data, not {spec.kind}; remove it")
-    if spec.kind == "npz":
+    if spec.kind in ARRAY_KINDS:
         for key in FILE_ONLY_KEYS:
             if getattr(spec, key) != defaults[key].default:
-                raise HptError(f"{key} only applies to image files (folder or csv data), not npz; remove it")
+                raise HptError(f"{key} only applies to image files (folder or csv data), not {spec.kind}; "
+                               "remove it")
+    if spec.kind == "wds":
+        if spec.skip_corrupt:
+            raise HptError("skip_corrupt does not apply to wds shards (a damaged sample is an error naming its "
+                           "key and shard); remove it and rewrite or leave out the damaged shard")
+        if spec.split not in ("train", "all"):
+            raise HptError(f"split={spec.split} does not apply to wds shards (a shard pattern has no splits); "
+                           "remove split= and point the pattern at the split's shards instead")
 
 
 def _format_value(value: Any) -> str:

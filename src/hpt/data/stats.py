@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hpt.data.base import ImageDataset
-from hpt.data.loader import batch_loader
+from hpt.data.listing import cache_root
+from hpt.data.loader import AnyDataset, batch_loader
 
 log = logging.getLogger("hpt")
 STATS_VERSION = 1  # bump when the computation changes, to invalidate old cache entries
@@ -21,11 +21,10 @@ SAMPLE_SEED = 0
 
 def default_cache_dir() -> Path:
     """$HPT_CACHE/stats, or ~/.cache/hpt/stats."""
-    base = os.environ.get("HPT_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "hpt") / "stats"
+    return cache_root() / "stats"
 
 
-def channel_stats(ds: ImageDataset, cache_dir: Path | None = None, max_images: int = 50_000,
+def channel_stats(ds: AnyDataset, cache_dir: Path | None = None, max_images: int = 50_000,
                   batch_size: int = 512) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) per channel of pixel/255 over up to max_images images (seeded sample), population std."""
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
@@ -38,7 +37,7 @@ def channel_stats(ds: ImageDataset, cache_dir: Path | None = None, max_images: i
     return mean, std
 
 
-def cache_key(ds: ImageDataset, max_images: int) -> str:
+def cache_key(ds: AnyDataset, max_images: int) -> str:
     """Hash of the spec, the files' identity (size, mtime, listing) and the sample size."""
     text = json.dumps([STATS_VERSION, ds.spec.describe(), ds.fingerprint(), len(ds), max_images])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -51,7 +50,7 @@ def sample_indices(n: int, max_images: int) -> np.ndarray:
     return np.sort(np.random.default_rng(SAMPLE_SEED).choice(n, size=max_images, replace=False))
 
 
-def _compute(ds: ImageDataset, max_images: int, batch_size: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _compute(ds: AnyDataset, max_images: int, batch_size: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Exact per-channel histograms of the 256 pixel values, then float64 mean and std of x/255."""
     idx = sample_indices(len(ds), max_images).tolist()
     batches = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
@@ -84,7 +83,7 @@ def _read_cache(path: Path, channels: int) -> tuple[tuple[float, ...], tuple[flo
     return mean, std
 
 
-def _write_cache(path: Path, ds: ImageDataset, mean: tuple[float, ...], std: tuple[float, ...],
+def _write_cache(path: Path, ds: AnyDataset, mean: tuple[float, ...], std: tuple[float, ...],
                  max_images: int) -> None:
     record = {"spec": ds.spec.describe(), "num_images": len(ds), "max_images": max_images,
               "mean": list(mean), "std": list(std)}
