@@ -30,3 +30,21 @@ def test_kill_and_resume_gives_the_same_weights(tiny_npz: Path, tmp_path: Path) 
     assert a["backbone_sha256"] == b["backbone_sha256"]
     rows = (tmp_path / "killed" / "t" / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4", "5", "6"]
+
+
+def test_webdataset_shards_kill_and_resume_gives_the_same_weights(tmp_path: Path) -> None:
+    from .test_data_wds import write_shards
+
+    pattern = write_shards(tmp_path / "shards", sizes=(20, 20, 24))
+    stage = {"name": "t", "data": pattern, "steps": 6, "augment": {"image_size": 8, "remove": ["gaussian_blur"]}}
+    config = write_hierarchy(tmp_path / "h.yaml", [stage])
+    env = {"HPT_CACHE": str(tmp_path / "cache")}
+    straight = run_cli("run", str(config), "--out", str(tmp_path / "straight"), env=env)
+    assert straight.returncode == 0, straight.stderr
+    killed = run_cli("run", str(config), "--out", str(tmp_path / "killed"), env={**env, "HPT_FAULT_AFTER_STEP": "5"})
+    assert killed.returncode == -9
+    resumed = run_cli("run", str(config), "--out", str(tmp_path / "killed"), "--resume", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "straight" / "t" / "summary.json").read_text())
+    b = json.loads((tmp_path / "killed" / "t" / "summary.json").read_text())
+    assert b["resumed_from"] == 4 and a["backbone_sha256"] == b["backbone_sha256"]

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from hpt import distributed
 from hpt.augment import AugmentConfig, EvalTransform, MocoAugment
 from hpt.config import to_dict
-from hpt.data import channel_stats, make_loader, open_dataset, parse_data_spec
+from hpt.data import channel_stats, make_loader, open_any, parse_data_spec
 from hpt.errors import HptError
 from hpt.methods.mocov2 import MocoV2, MocoV2Config, auto_queue_size
 from hpt.metrics_log import MetricsLog, append_result
@@ -202,7 +202,7 @@ def _check_same(saved: dict[str, Any], current: dict[str, Any], stage_dir: Path,
 
 
 def _prepare_data(config: StageConfig, info: distributed.DistInfo, per_rank: int, start_step: int):  # noqa: ANN202
-    dataset = open_dataset(config.data)
+    dataset = open_any(config.data)  # indexable data sets, or a WebDataset stream
     height, width = dataset.image_size
     side = config.augment.image_size or height
     if height != width and config.augment.image_size is None:
@@ -210,7 +210,7 @@ def _prepare_data(config: StageConfig, info: distributed.DistInfo, per_rank: int
     mean, std = channel_stats(dataset)
     loader = make_loader(
         dataset, per_rank, seed=config.seed, start_step=start_step, rank=info.rank, world_size=info.world_size,
-        workers=config.workers, pin_memory=info.device.type == "cuda",
+        workers=config.workers, device_type=info.device.type,
     )
     return dataset, side, mean, std, loader
 
