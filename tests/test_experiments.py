@@ -169,3 +169,25 @@ def test_a_killed_experiment_restarts_without_redoing_finished_stages(experiment
     rows = [json.loads(line) for line in (out / "experiments" / "compare.jsonl").read_text().splitlines()]
     assert [r["variant"] for r in rows] == ["Random", "Base", "Target", "HPT", "HPT-BN"]
     assert "6 steps from step 4" in (out / "hpt.log").read_text()  # the killed stage resumed, not restarted
+
+
+def test_convergence_from_snapshots_shares_the_runs_of_compare(experiment_file: Path) -> None:
+    raw = yaml.safe_load(experiment_file.read_text())
+    raw.update(convergence_mode="snapshots", convergence_steps=[1, 2])
+    raw["budgets"].update(hpt=2, target=3)
+    experiment_file.write_text(yaml.safe_dump(raw))
+    config = load_experiment(experiment_file)
+    variants = expand("convergence", config)
+    assert [(v.series, v.x, v.snapshot, v.steps) for v in variants] == [
+        ("HPT", 0, None, 0), ("HPT", 1, 1, 1), ("HPT", 2, None, 2),
+        ("Target", 1, 1, 1), ("Target", 2, 2, 2), ("Target", 3, None, 3)]
+    compare = {v.label: v for v in expand("compare", config)}
+    assert variants[2].stage_ids() == compare["HPT"].stage_ids()  # keep_backbones is not part of the id
+    out = Path(config.out or "")
+    rows = run_experiment("convergence", config, out).rows
+    assert len(rows) == 6 and len(list(out.glob("stages/target-*/target/backbone-step*.safetensors"))) == 3
+    snapshot, final = rows[1], rows[2]
+    assert snapshot["eval_dir"].endswith("eval/target-step1") and final["eval_dir"].endswith("eval/target")
+    assert snapshot["backbone_sha256"] != final["backbone_sha256"]
+    text = build_report(out).read_text()
+    assert "Steps to parity" in text

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hpt.config import apply_overrides, from_dict, load_yaml
 from hpt.data import parse_data_spec
@@ -60,6 +60,9 @@ class ExperimentConfig:
     augment_levels: dict[str, list[str]] = field(default_factory=lambda: dict(PAPER_AUGMENT_LEVELS))
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 0.25, 1.0])
     convergence_steps: list[int] = field(default_factory=lambda: [50, 100, 200, 400, 800])
+    # budgets: one run per budget (the paper's); snapshots: backbones saved along the budgets.hpt and
+    # budgets.target runs at these steps (cheaper; points share one cosine schedule, so they are not the same).
+    convergence_mode: Literal["budgets", "snapshots"] = "budgets"
     bases: dict[str, str] = field(default_factory=dict)  # label -> checkpoint, for the bases experiment
 
     def __post_init__(self) -> None:

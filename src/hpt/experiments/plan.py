@@ -33,6 +33,7 @@ class Variant:
     stages: list[StageConfig] = field(default_factory=list)
     series: str = ""
     x: Any = None
+    snapshot: int | None = None  # evaluate the last stage's backbone saved at this step, not its final one
 
     def stage_ids(self) -> list[str]:
         """Content ids: hash(start, stage 1..i settings) for every stage i."""
@@ -51,14 +52,27 @@ class Variant:
         digest = hashlib.sha256(json.dumps(start_identity(self.start), sort_keys=True).encode()).hexdigest()[:12]
         return f"start-{digest}"
 
+    def _trained(self) -> list[tuple[int, int]]:
+        """(steps, batch size) of every gradient stage, the last one cut at the snapshot."""
+        out = [(s.steps, s.batch_size) for s in self.stages if s.train in ("all", "bn")]
+        if self.snapshot is not None and out:
+            out[-1] = (self.snapshot, out[-1][1])
+        return out
+
     @property
     def steps(self) -> int:
         """Pretraining steps on top of the start (BatchNorm re-estimation is not counted: no gradient step)."""
-        return sum(s.steps for s in self.stages if s.train in ("all", "bn"))
+        return sum(steps for steps, _ in self._trained())
 
     @property
     def images_seen(self) -> int:
-        return sum(s.steps * s.batch_size for s in self.stages if s.train in ("all", "bn"))
+        return sum(steps * batch for steps, batch in self._trained())
+
+    @property
+    def eval_name(self) -> str:
+        """The evaluation folder: the last stage's name (or 'start'), and the snapshot step if any."""
+        name = self.stages[-1].name if self.stages else "start"
+        return name if self.snapshot is None else f"{name}-step{self.snapshot}"
 
 
 def start_identity(start: BaseConfig) -> dict[str, Any]:
@@ -97,6 +111,9 @@ class _Builder:
 
     def stage(self, name: str, data: str, steps: int, train: str = "all", **extra: Any) -> StageConfig:
         settings = deep_merge(self.config.defaults, {"name": name, "data": data, "steps": steps, "train": train})
+        if self.config.convergence_mode == "snapshots" and train in ("all", "bn"):
+            # A runtime setting (not part of the stage's id): any run may later serve as a convergence curve.
+            settings["keep_backbones"] = [k for k in self.config.convergence_steps if k < steps]
         settings = deep_merge(settings, extra)
         if train == "bn" and self.config.budgets.hpt_bn_lr is not None:
             settings["lr"] = self.config.budgets.hpt_bn_lr
@@ -184,6 +201,12 @@ def _datasize(config: ExperimentConfig) -> list[Variant]:
 def _convergence(config: ExperimentConfig) -> list[Variant]:
     b = _Builder(config)
     rows = [b.base_variant("convergence", series="HPT", x=0)]
+    if config.convergence_mode == "snapshots":
+        for series, full in (("HPT", b.hpt("convergence", series="HPT")), ("Target", b.target("convergence"))):
+            for steps in [k for k in config.convergence_steps if k < full.steps]:
+                rows.append(replace(full, series=series, x=steps, snapshot=steps))
+            rows.append(replace(full, series=series, x=full.steps))
+        return rows
     for steps in config.convergence_steps:
         rows.append(b.hpt("convergence", steps=steps, series="HPT", x=steps))
         rows.append(b.target("convergence", steps=steps, series="Target", x=steps))

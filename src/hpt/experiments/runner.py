@@ -20,7 +20,8 @@ from hpt import distributed
 from hpt.eval.suite import EvalSuite
 from hpt.experiments.config import ExperimentConfig
 from hpt.experiments.plan import Variant, expand
-from hpt.models import build_backbone
+from hpt.errors import HptError
+from hpt.models import ResNet, build_backbone
 from hpt.stage import run_stage
 
 log = logging.getLogger("hpt")
@@ -70,14 +71,29 @@ def run_variant(variant: Variant, out: Path, suite: EvalSuite, info: distributed
     if not info.is_main:
         return []
     where = out / "stages" / variant.result_id()
-    source = (str(where / variant.stages[-1].name / "backbone.safetensors") if variant.stages
-              else start.checkpoint)
-    fmt = "safetensors" if variant.stages else ("random" if checkpoint_info is None else checkpoint_info.format)
+    source = start.checkpoint
+    fmt = "random" if checkpoint_info is None else checkpoint_info.format
+    if variant.stages:
+        fmt = "safetensors"
+        name = "backbone.safetensors" if variant.snapshot is None else f"backbone-step{variant.snapshot}.safetensors"
+        source = str(where / variant.stages[-1].name / name)
+        if variant.snapshot is not None:
+            backbone = _snapshot(Path(source))
     # Named by the stage, not the variant: experiments that share a stage share its evaluation too.
-    records = suite.evaluate(variant.stages[-1].name if variant.stages else "start", backbone, source, fmt,
-                             out_dir=where)
-    pretrain_s = sum(float(s.get("wall_time_s", 0.0)) for s in summaries)
+    records = suite.evaluate(variant.eval_name, backbone, source, fmt, out_dir=where)
+    times = [float(s.get("wall_time_s", 0.0)) for s in summaries]
+    if variant.snapshot is not None and times:  # the share of the last stage's time spent before the snapshot
+        times[-1] *= variant.snapshot / variant.stages[-1].steps
+    pretrain_s = sum(times)
     return [_row(variant, record, pretrain_s) for record in records]
+
+
+def _snapshot(path: Path) -> ResNet:
+    if not path.exists():
+        raise HptError(f"{path} is missing: that stage was trained before snapshots were asked for; delete its "
+                       f"folder {path.parent.parent} to train it again with them, or use convergence_mode: budgets")
+    model, _ = build_backbone(str(path))
+    return model
 
 
 def _name(variant: Variant) -> str:
@@ -108,5 +124,6 @@ def _row(variant: Variant, record: dict[str, Any], pretrain_s: float) -> dict[st
         "pretrain_wall_s": round(pretrain_s, 1),
         "eval_wall_s": record["wall_time_s"],
         "result_id": variant.result_id(),
+        "eval_dir": f"stages/{variant.result_id()}/eval/{variant.eval_name}",
         "backbone_sha256": record["backbone"]["weights_sha256"],
     }

@@ -26,7 +26,7 @@ TITLES = {
 }
 CSV_FIELDS = ("experiment", "variant", "series", "x", "protocol", "metric", "test", "low", "high", "seeds",
               "seed_std", "test_images", "pretrain_steps", "images_seen", "pretrain_wall_s", "eval_wall_s", "stages",
-              "start", "result_id", "backbone_sha256")
+              "start", "result_id", "eval_dir", "backbone_sha256")
 
 
 def read_rows(out: Path) -> dict[str, list[dict[str, Any]]]:
@@ -84,8 +84,7 @@ def _figures(kind: str, rows: list[dict[str, Any]], out: Path) -> list[Path]:
         if kind in ("compare", "sequential"):
             made.append(figures.bars(group, folder / f"{name}.png", title))
             if protocol == "linear":
-                curves = {r["variant"]: out / "stages" / r["result_id"] / "eval" / _stage_of(r) / "linear" /
-                          "curve.csv" for r in group}
+                curves = {r["variant"]: out / r["eval_dir"] / "linear" / "curve.csv" for r in group}
                 curve = figures.separability_curves(curves, folder / f"{kind}_separability.png",
                                                     f"Linear separability - {kind}", group[0]["metric"])
                 if curve is not None:
@@ -97,13 +96,6 @@ def _figures(kind: str, rows: list[dict[str, Any]], out: Path) -> list[Path]:
                       "convergence": "pretraining steps"}.get(kind, "x")
             made.append(figures.lines(group, folder / f"{name}.png", title, xlabel, log_x=kind == "datasize"))
     return made
-
-
-def _stage_of(row: dict[str, Any]) -> str:
-    """The evaluation folder of a row: its last stage's name, or 'start'."""
-    if row["stages"] == "none":
-        return "start"
-    return row["stages"].split(" -> ")[-1].split("(")[0]
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
