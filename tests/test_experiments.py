@@ -74,8 +74,8 @@ def test_augment_datasize_convergence_and_bases_expansions(experiment_file: Path
     assert [v.x for v in datasize] == [0.5] * 4 + [1.0] * 4
     assert "fraction=0.5" in datasize[0].stages[-1].data and "fraction" not in datasize[4].stages[-1].data
     convergence = expand("convergence", config)
-    assert [(v.series, v.x, v.steps) for v in convergence] == [("HPT", 0, 0), ("HPT", 1, 1), ("Target", 1, 1),
-                                                               ("HPT", 2, 2), ("Target", 2, 2)]
+    assert [(v.series, v.x, v.steps) for v in convergence] == [("HPT", 0, 0), ("Target", 0, 0), ("HPT", 1, 1),
+                                                               ("Target", 1, 1), ("HPT", 2, 2), ("Target", 2, 2)]
     with pytest.raises(HptError, match="bases"):
         expand("bases", config)
     weak = tmp_path / "weak.safetensors"
@@ -179,14 +179,14 @@ def test_convergence_from_snapshots_shares_the_runs_of_compare(experiment_file: 
     config = load_experiment(experiment_file)
     variants = expand("convergence", config)
     assert [(v.series, v.x, v.snapshot, v.steps) for v in variants] == [
-        ("HPT", 0, None, 0), ("HPT", 1, 1, 1), ("HPT", 2, None, 2),
+        ("HPT", 0, None, 0), ("Target", 0, None, 0), ("HPT", 1, 1, 1), ("HPT", 2, None, 2),
         ("Target", 1, 1, 1), ("Target", 2, 2, 2), ("Target", 3, None, 3)]
     compare = {v.label: v for v in expand("compare", config)}
-    assert variants[2].stage_ids() == compare["HPT"].stage_ids()  # keep_backbones is not part of the id
+    assert variants[3].stage_ids() == compare["HPT"].stage_ids()  # keep_backbones is not part of the id
     out = Path(config.out or "")
     rows = run_experiment("convergence", config, out).rows
-    assert len(rows) == 6 and len(list(out.glob("stages/target-*/target/backbone-step*.safetensors"))) == 3
-    snapshot, final = rows[1], rows[2]
+    assert len(rows) == 7 and len(list(out.glob("stages/target-*/target/backbone-step*.safetensors"))) == 3
+    snapshot, final = rows[2], rows[3]
     assert snapshot["eval_dir"].endswith("eval/target-step1") and final["eval_dir"].endswith("eval/target")
     assert snapshot["backbone_sha256"] != final["backbone_sha256"]
     text = build_report(out).read_text()

@@ -200,7 +200,8 @@ def _datasize(config: ExperimentConfig) -> list[Variant]:
 
 def _convergence(config: ExperimentConfig) -> list[Variant]:
     b = _Builder(config)
-    rows = [b.base_variant("convergence", series="HPT", x=0)]
+    rows = [b.base_variant("convergence", series="HPT", x=0),
+            replace(b.random_variant("convergence"), label="Target", series="Target", x=0)]
     if config.convergence_mode == "snapshots":
         for series, full in (("HPT", b.hpt("convergence", series="HPT")), ("Target", b.target("convergence"))):
             for steps in [k for k in config.convergence_steps if k < full.steps]:
