@@ -38,7 +38,7 @@ log = logging.getLogger("hpt")
 
 TrainMode = Literal["all", "bn", "bn-stats", "none"]
 #: Config keys that change how a stage runs but not what it computes; they may differ on resume.
-RUNTIME_KEYS = frozenset({"device", "workers", "checkpoint_every", "log_every", "keep_backbones"})
+RUNTIME_KEYS = frozenset({"device", "workers", "checkpoint_every", "log_every", "keep_backbones", "compile"})
 FAULT_ENV = "HPT_FAULT_AFTER_STEP"  # test hook: SIGKILL this process after the given step
 
 
@@ -60,6 +60,7 @@ class StageConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
+    compile: bool = False  # torch.compile the model (see docs/BENCHMARKS.md for where it pays)
     device: str = "auto"
     seed: int = 0
     workers: int | None = None
@@ -269,6 +270,8 @@ def _train_ssl(
     if info.distributed:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if config.compile:
+        train_model = torch.compile(train_model)  # type: ignore[assignment]
     augment = MocoAugment(config.augment, mean, std, side).to(info.device)
     model.train()
 
