@@ -132,3 +132,27 @@ def test_keep_backbones_saves_intermediate_backbones_without_changing_the_result
     last, _ = build_backbone(str(tmp_path / "kept" / "s" / "backbone-step3.safetensors"))
     assert weights_sha256(last) == plain.summary["backbone_sha256"] != weights_sha256(first)
     assert not (tmp_path / "kept" / "s" / "backbone-step2.safetensors").exists()
+
+
+def test_sync_batchnorm_converts_back_to_plain_batchnorm_with_the_same_state() -> None:
+    from torch import nn
+
+    from hpt.models import SplitBatchNorm2d
+    from hpt.stage import restore_batchnorm
+
+    model = tiny_backbone()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    restore_batchnorm(model)
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    assert all(type(m) is SplitBatchNorm2d for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model.train()(torch.randn(4, 3, 16, 16))  # runs without a process group
+
+
+def test_batchnorm_sync_on_one_process_trains_without_key_shuffle(tiny_npz: Path, tmp_path: Path) -> None:
+    shuffled = run_stage(stage(tiny_npz, steps=2), tiny_backbone(), tmp_path / "a")
+    synced = run_stage(stage(tiny_npz, steps=2, batchnorm="sync"), tiny_backbone(), tmp_path / "b")
+    assert synced.summary["bn_splits_per_process"] == 1 and shuffled.summary["bn_splits_per_process"] == 2
+    assert synced.summary["backbone_sha256"] != shuffled.summary["backbone_sha256"]

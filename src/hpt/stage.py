@@ -60,6 +60,7 @@ class StageConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
+    batchnorm: Literal["shuffle", "sync"] = "shuffle"  # shuffle-BN (MoCo), or SyncBatchNorm over all GPUs
     compile: bool = False  # torch.compile the model (see docs/BENCHMARKS.md for where it pays)
     device: str = "auto"
     seed: int = 0
@@ -253,8 +254,15 @@ def _train_ssl(
     set_trainable(backbone, config.train)  # before any DDP wrapping (the public code's flaw 2)
     torch.manual_seed(config.seed)  # the new head and queue
     model = MocoV2(backbone, config.moco, queue_size).to(info.device)
-    splits = _bn_splits(config, info, per_rank)
+    splits = _bn_splits(config, info, per_rank) if config.batchnorm == "shuffle" else 1
     model.set_bn_splits(splits)
+    model.shuffle_keys = config.batchnorm == "shuffle"
+    sync_bn = config.batchnorm == "sync" and info.distributed
+    if sync_bn:
+        if info.device.type != "cuda":
+            raise HptError("batchnorm: sync needs CUDA GPUs (torch's SyncBatchNorm runs on GPUs only); "
+                           "use batchnorm: shuffle on CPU")
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the BatchNorm layers in place
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.query_parameters() if p.requires_grad]
@@ -348,6 +356,8 @@ def _train_ssl(
             metrics.close()
     train_time = time.perf_counter() - loop_start
     steps_run = config.steps - start_step
+    if sync_bn:
+        restore_batchnorm(model)  # plain (split) BatchNorm again, for later stages and evaluation
     if info.distributed:  # after the last forward each rank holds its own running statistics: average them
         _average_bn_statistics(backbone)
     checksums = distributed.all_gather_objects(weights_sha256(backbone))
@@ -368,6 +378,22 @@ def _train_ssl(
         "num_images": len(dataset),
         "rank_checksums": checksums,
     }
+
+
+def restore_batchnorm(module: nn.Module) -> None:
+    """Replace every SyncBatchNorm below `module` by a SplitBatchNorm2d (one split) with the same state."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.SyncBatchNorm):
+            plain = SplitBatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum,
+                                     affine=child.affine, track_running_stats=child.track_running_stats)
+            plain.load_state_dict(child.state_dict())
+            plain.to(next(iter(child.state_dict().values())).device)
+            for p_new, p_old in zip(plain.parameters(), child.parameters(), strict=True):
+                p_new.requires_grad_(p_old.requires_grad)
+            plain.train(child.training)
+            setattr(module, name, plain)
+        else:
+            restore_batchnorm(child)
 
 
 def _average_bn_statistics(backbone: ResNet) -> None:

@@ -86,6 +86,7 @@ class MocoV2(nn.Module):
             param.requires_grad_(False)
         self.register_buffer("queue", F.normalize(torch.randn(config.dim, queue_size), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        self.shuffle_keys = True  # shuffle-BN; False with SyncBatchNorm, whose statistics span the global batch
 
     def key_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone_k.parameters()) + list(self.head_k.parameters())
@@ -108,6 +109,8 @@ class MocoV2(nn.Module):
     @torch.no_grad()
     def encode_keys(self, im_k: torch.Tensor) -> torch.Tensor:
         """Key features with shuffle-BN: real across processes, emulated by split BatchNorm on one."""
+        if not self.shuffle_keys:
+            return F.normalize(self.head_k(self.backbone_k.forward_features(im_k)), dim=1)
         if distributed.world_size() > 1:
             im_k, idx_unshuffle = _shuffle_across_ranks(im_k)
             k = F.normalize(self.head_k(self.backbone_k.forward_features(im_k)), dim=1)
