@@ -73,10 +73,17 @@ def cli(debug: bool, verbose: bool) -> None:
 @click.option("--workers", type=int, default=None, help="DataLoader workers (default: chosen by data kind).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Steps between resume states.")
+@click.option("--stop-when-converged", is_flag=True,
+              help="Probe every --probe-every steps (kNN on labelled images); stop when it stops improving.")
+@click.option("--probe-data", default=None, help="Labelled data for the probe (default: --data, if labelled).")
+@click.option("--probe-every", type=int, default=100, show_default=True)
+@click.option("--probe-patience", type=int, default=3, show_default=True, help="Probes without progress before stopping.")
+@click.option("--probe-margin", type=float, default=0.002, show_default=True, help="Least gain that counts (0.002 = 0.2 points).")
 def pretrain(base: str, data: str, steps: int, train_mode: str, arch: str | None, small_stem: bool | None,
              width: int | None, out: Path, name: str, resume: bool, batch_size: int, lr: float, precision: str,
              channels_last: bool, device: str, image_size: int | None, remove_aug: tuple[str, ...],
-             queue_size: int | None, workers: int | None, seed: int, checkpoint_every: int) -> None:
+             queue_size: int | None, workers: int | None, seed: int, checkpoint_every: int, stop_when_converged: bool,
+             probe_data: str | None, probe_every: int, probe_patience: int, probe_margin: float) -> None:
     """Pretrain one stage from --base on --data; writes OUT/NAME/backbone.safetensors."""
     from hpt.hierarchy import pretrain as run_pretrain
 
@@ -87,6 +94,8 @@ def pretrain(base: str, data: str, steps: int, train_mode: str, arch: str | None
         resume=resume, batch_size=batch_size, lr=lr, precision=precision, channels_last=channels_last,
         device=device, seed=seed, workers=workers, checkpoint_every=checkpoint_every, moco=moco,
         augment={"image_size": image_size, "remove": list(remove_aug)},
+        stop={"data": probe_data, "every": probe_every, "patience": probe_patience, "margin": probe_margin}
+        if stop_when_converged else None,
     )
     _print_summary(result)
 
@@ -169,6 +178,10 @@ def _print_summary(result: object) -> None:
         rate = f"{s['images_per_s']:.0f} img/s" if "images_per_s" in s else ""
         click.echo(f"{stage.name:>12}: {status:<26} {s.get('steps_done', 0):>7} steps {s.get('wall_time_s', 0):9.1f} s "
                    f"{rate:>12}  {stage.backbone_path}")
+        if s.get("stopped_early"):
+            stop = s["stopped_early"]
+            click.echo(f"{'':>14}stopped at step {stop['step']} ({stop['steps_saved']} of the budget saved): "
+                       f"{stop['reason']}")
     click.echo(f"total wall time {result.wall_time_s:.1f} s; backbones and logs in {result.out_dir}")  # type: ignore[attr-defined]
 
 

@@ -29,6 +29,7 @@ from hpt.augment import AugmentConfig, EvalTransform, MocoAugment
 from hpt.config import to_dict
 from hpt.data import channel_stats, make_loader, open_any, parse_data_spec
 from hpt.errors import HptError
+from hpt.convergence import OnlineProbe, StopConfig, should_stop
 from hpt.methods.mocov2 import MocoV2, MocoV2Config, auto_queue_size
 from hpt.metrics_log import MetricsLog, append_result
 from hpt.models import ResNet, SplitBatchNorm2d, load_backbone, save_backbone, weights_sha256
@@ -60,6 +61,7 @@ class StageConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
+    stop: StopConfig | None = None  # stop early when an online probe has converged (--stop-when-converged)
     batchnorm: Literal["shuffle", "sync"] = "shuffle"  # shuffle-BN (MoCo), or SyncBatchNorm over all GPUs
     compile: bool = False  # torch.compile the model (see docs/BENCHMARKS.md for where it pays)
     device: str = "auto"
@@ -297,6 +299,11 @@ def _train_ssl(
     metrics = MetricsLog(stage_dir, resume_step=start_step) if info.is_main else None
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
     fault_step = int(os.environ.get(FAULT_ENV, "0"))
+    probe = None
+    if config.stop is not None:
+        probe = OnlineProbe(config.stop, config.stop.data or config.data, info.device)
+        probe.history = [tuple(item) for item in (state or {}).get("probe_history", [])]
+    stopped: dict[str, Any] | None = None
     iterator = iter(loader)
     progress = tqdm(total=config.steps, initial=start_step, disable=not info.is_main or None, unit="step",
                     desc=config.name, dynamic_ncols=True)
@@ -339,13 +346,24 @@ def _train_ssl(
                         log.info("%s step %d/%d loss %.4f acc %.3f lr %.4g %.0f img/s eta %.0fs", config.name,
                                  done, config.steps, loss_value, row["moco_acc"], row["lr"], rate, eta)
             progress.update(1)
-            if done % config.checkpoint_every == 0 or done == config.steps:
-                _save(stage_dir, model, optimizer, scaler, done, semantic, queue_size, info)
+            if probe is not None and config.stop is not None and done % config.stop.every == 0:
+                value = probe.score(done, model.backbone)
+                decision = should_stop(probe.history, config.stop.margin, config.stop.patience, config.stop.min_steps)
+                log.info("%s step %d: convergence probe %.4f%s", config.name, done, value,
+                         f"; stopping: {decision.reason}" if decision.stop else "")
+                if decision.stop:
+                    stopped = {"step": done, "reason": decision.reason, "steps_saved": config.steps - done,
+                               "probe_history": probe.history}
+            extra = {"probe_history": probe.history} if probe is not None else {}
+            if done % config.checkpoint_every == 0 or done == config.steps or stopped:
+                _save(stage_dir, model, optimizer, scaler, done, semantic, queue_size, info, extra)
             if done in config.keep_backbones and info.is_main:
                 save_backbone(model.backbone, stage_dir / f"backbone-step{done}.safetensors",
                               {"stage": config.name, "step": str(done), "data": config.data})
             if fault_step and done == fault_step:
                 os.kill(os.getpid(), signal.SIGKILL)
+            if stopped:
+                break
     except KeyboardInterrupt:
         _save(stage_dir, model, optimizer, scaler, step, semantic, queue_size, info)
         raise HptError(f"interrupted at step {step}; the state is saved in {stage_dir / 'state'}: "
@@ -355,7 +373,8 @@ def _train_ssl(
         if metrics is not None:
             metrics.close()
     train_time = time.perf_counter() - loop_start
-    steps_run = config.steps - start_step
+    last_step = stopped["step"] if stopped else config.steps
+    steps_run = last_step - start_step
     if sync_bn:
         restore_batchnorm(model)  # plain (split) BatchNorm again, for later stages and evaluation
     if info.distributed:  # after the last forward each rank holds its own running statistics: average them
@@ -364,8 +383,9 @@ def _train_ssl(
     if len(set(checksums)) != 1:
         raise RuntimeError(f"the backbones differ between ranks after training: {checksums}")
     return {
-        "steps_done": config.steps,
+        "steps_done": last_step,
         "steps_this_run": steps_run,
+        "stopped_early": stopped,
         "resumed_from": start_step,
         "train_time_s": round(train_time, 3),
         "images_per_s": round(steps_run * config.batch_size / max(train_time, 1e-9), 2),
@@ -404,11 +424,13 @@ def _average_bn_statistics(backbone: ResNet) -> None:
 
 
 def _save(stage_dir: Path, model: MocoV2, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-          step: int, semantic: dict[str, Any], queue_size: int, info: distributed.DistInfo) -> None:
+          step: int, semantic: dict[str, Any], queue_size: int, info: distributed.DistInfo,
+          extra: dict[str, Any] | None = None) -> None:
     if info.is_main:
         save_state(stage_dir / "state", {
             "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(), "rng": rng_state(), "semantic": semantic, "queue_size": queue_size,
+            **(extra or {}),
         })
     distributed.barrier()
 

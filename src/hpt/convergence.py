@@ -1,0 +1,121 @@
+"""Stop a stage when it has converged: an online kNN or linear probe on a small labelled subset, scored every N
+steps (stop-gradient: the probe never trains the backbone), and a patience rule on its score."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from hpt.errors import HptError
+
+log = logging.getLogger("hpt")
+
+
+@dataclass
+class StopConfig:
+    """`stop:` of a stage: probe every `every` steps; stop after `patience` probes without a gain of `margin`."""
+
+    data: str | None = None  # labelled data for the probe; None: the stage's own data (it must be labelled)
+    labels: int = 1000  # labelled training images of the probe (stratified subset)
+    every: int = 100
+    probe: Literal["knn", "linear"] = "knn"
+    margin: float = 0.002  # the least gain (in metric units, 0.002 = 0.2 points) that counts as progress
+    patience: int = 3
+    min_steps: int = 0  # never stop before this step
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.patience < 1 or self.labels < 1:
+            raise HptError("stop.every, stop.patience and stop.labels must be >= 1")
+        if self.margin < 0:
+            raise HptError(f"stop.margin must be >= 0, got {self.margin}")
+
+
+@dataclass
+class StopDecision:
+    stop: bool
+    reason: str
+
+
+def should_stop(history: list[tuple[int, float]], margin: float, patience: int, min_steps: int = 0) -> StopDecision:
+    """history: (step, score) of every probe so far. Stop when the last `patience` probes all failed to beat the
+    best earlier score by more than `margin`."""
+    if len(history) <= patience or history[-1][0] < min_steps:
+        return StopDecision(False, "")
+    best_before = max(score for _, score in history[:-patience])
+    recent = [score for _, score in history[-patience:]]
+    if max(recent) > best_before + margin:
+        return StopDecision(False, "")
+    best_step, best = max(history[:-patience], key=lambda item: item[1])
+    return StopDecision(True, f"the probe has not gained more than {margin:.4g} over {best:.4f} (step {best_step}) "
+                              f"in the {patience} probes since")
+
+
+@dataclass
+class OnlineProbe:
+    """Scores a backbone on a fixed labelled subset: kNN (k=20, T=0.07) or a linear probe (1,000 steps) on
+    pooled features; val of the data is the query set."""
+
+    config: StopConfig
+    data: str
+    device: torch.device
+    history: list[tuple[int, float]] = field(default_factory=list)
+    _splits: Any = None
+    _transform: Any = None
+
+    def _prepare(self) -> None:
+        from hpt.eval.features import eval_transform
+        from hpt.eval.finetune import labelled_subset
+        from hpt.eval.splits import SplitView, load_splits
+
+        splits = load_splits(self.data)
+        keep = labelled_subset(splits, min(self.config.labels, len(splits.train)), seed=0)
+        splits.train = SplitView(splits.train.dataset, splits.train.indices[keep])
+        self._splits = splits
+        self._transform = eval_transform(splits, None).to(self.device)
+        log.info("convergence probe: %s on %s (%d labelled, %d val images), every %d steps", self.config.probe,
+                 splits.spec.describe(), len(splits.train), len(splits.val), self.config.every)
+
+    @torch.no_grad()
+    def score(self, step: int, backbone: torch.nn.Module) -> float:
+        """Probe the backbone (eval mode, restored afterwards) and record (step, score)."""
+        from hpt.eval.features import extract_features
+        from hpt.eval.knn import knn_scores
+        from hpt.eval.metrics import evaluate
+
+        if self._splits is None:
+            self._prepare()
+        splits = self._splits
+        train = torch.from_numpy(extract_features(backbone, splits.train, self._transform, self.device))
+        val = torch.from_numpy(extract_features(backbone, splits.val, self._transform, self.device))
+        labels = torch.from_numpy(np.ascontiguousarray(splits.train.labels))
+        if self.config.probe == "knn":
+            scores = knn_scores(train, labels, val, k=20, temperature=0.07, num_classes=splits.num_classes,
+                                multilabel=splits.multilabel)
+        else:
+            scores = _linear_scores(train, labels, val, splits)
+        value = evaluate(scores, splits.val.labels, splits.class_names).value
+        self.history.append((step, float(value)))
+        return float(value)
+
+
+def _linear_scores(train: torch.Tensor, labels: torch.Tensor, val: torch.Tensor, splits: Any) -> np.ndarray:
+    from hpt.eval.common import loss_function, milestones, new_head
+
+    with torch.enable_grad():
+        head = new_head(train.shape[1], splits.num_classes, 0)
+        opt = torch.optim.SGD(head.parameters(), lr=30.0, momentum=0.9)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones(1000), gamma=0.1)
+        criterion = loss_function(splits.multilabel)
+        rng = np.random.default_rng(0)
+        for _ in range(1000):
+            idx = torch.from_numpy(rng.integers(0, len(train), min(256, len(train))))
+            loss = criterion(head(train[idx]), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return head(val).detach().numpy()
