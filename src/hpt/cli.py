@@ -73,6 +73,8 @@ def cli(debug: bool, verbose: bool) -> None:
 @click.option("--workers", type=int, default=None, help="DataLoader workers (default: chosen by data kind).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Steps between resume states.")
+@click.option("--method", type=click.Choice(["mocov2", "simclr", "byol"]), default="mocov2", show_default=True,
+              help="Self-supervised method of the stage.")
 @click.option("--stop-when-converged", is_flag=True,
               help="Probe every --probe-every steps (kNN on labelled images); stop when it stops improving.")
 @click.option("--probe-data", default=None, help="Labelled data for the probe (default: --data, if labelled).")
@@ -82,7 +84,8 @@ def cli(debug: bool, verbose: bool) -> None:
 def pretrain(base: str, data: str, steps: int, train_mode: str, arch: str | None, small_stem: bool | None,
              width: int | None, out: Path, name: str, resume: bool, batch_size: int, lr: float, precision: str,
              channels_last: bool, device: str, image_size: int | None, remove_aug: tuple[str, ...],
-             queue_size: int | None, workers: int | None, seed: int, checkpoint_every: int, stop_when_converged: bool,
+             queue_size: int | None, workers: int | None, seed: int, checkpoint_every: int, method: str,
+             stop_when_converged: bool,
              probe_data: str | None, probe_every: int, probe_patience: int, probe_margin: float) -> None:
     """Pretrain one stage from --base on --data; writes OUT/NAME/backbone.safetensors."""
     from hpt.hierarchy import pretrain as run_pretrain
@@ -92,7 +95,7 @@ def pretrain(base: str, data: str, steps: int, train_mode: str, arch: str | None
     result = run_pretrain(
         base, data, steps, out=out, name=name, train=train_mode, arch=arch, small_stem=small_stem, width=width,
         resume=resume, batch_size=batch_size, lr=lr, precision=precision, channels_last=channels_last,
-        device=device, seed=seed, workers=workers, checkpoint_every=checkpoint_every, moco=moco,
+        device=device, seed=seed, workers=workers, checkpoint_every=checkpoint_every, moco=moco, method=method,
         augment={"image_size": image_size, "remove": list(remove_aug)},
         stop={"data": probe_data, "every": probe_every, "patience": probe_patience, "margin": probe_margin}
         if stop_when_converged else None,
@@ -147,8 +150,20 @@ def inspect(checkpoint: str, as_json: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["torchvision", "moco", "safetensors"]), default="torchvision",
               show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="File to write.")
-def export(source: str, fmt: str, out: Path) -> None:
-    """Write a backbone in a format other code loads (torchvision state dict, MoCo .pth.tar, safetensors)."""
+@click.option("--truncate", type=click.Choice(["layer1", "layer2", "layer3"]), default=None,
+              help="Keep only conv1/bn1 and layer1..this layer (torchvision or safetensors format). A truncated "
+                   "backbone is for code that stops at that layer; hpt's commands (--base, --backbone) refuse it.")
+def export(source: str, fmt: str, out: Path, truncate: str | None) -> None:
+    """Write a backbone in a format other code loads (torchvision state dict, MoCo .pth.tar, safetensors).
+
+    With --truncate layerK only the stem and layer1..layerK are written (torchvision key names), for code that
+    stops at layerK; in Python, hpt.models.truncate.load_truncated loads it."""
+    if truncate is not None:
+        from hpt.models.truncate import export_truncated
+
+        path = export_truncated(source, out, fmt, truncate)
+        click.echo(f"wrote {path} ({fmt}, truncated after {truncate}: conv1, bn1, layer1..{truncate})")
+        return
     from hpt.models import export_backbone
 
     path = export_backbone(source, out, fmt)
@@ -158,12 +173,16 @@ def export(source: str, fmt: str, out: Path) -> None:
 
 
 def _register_commands() -> None:
+    from hpt.cli_analyze import analyze_group
     from hpt.cli_eval import eval_group
     from hpt.cli_experiment import experiment_group, report_command
+    from hpt.cli_sources import rank_sources_command
 
     cli.add_command(eval_group)
+    cli.add_command(analyze_group)
     cli.add_command(experiment_group)
     cli.add_command(report_command)
+    cli.add_command(rank_sources_command)
 
 
 _register_commands()

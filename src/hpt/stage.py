@@ -30,7 +30,7 @@ from hpt.config import to_dict
 from hpt.data import channel_stats, make_loader, open_any, parse_data_spec
 from hpt.errors import HptError
 from hpt.convergence import OnlineProbe, StopConfig, should_stop
-from hpt.methods.mocov2 import MocoV2, MocoV2Config, auto_queue_size
+from hpt.methods import BYOL, BYOLConfig, MocoV2Config, SimCLRConfig, SSLMethod, build_method
 from hpt.metrics_log import MetricsLog, append_result
 from hpt.models import ResNet, SplitBatchNorm2d, load_backbone, save_backbone, weights_sha256
 from hpt.resume import atomic_write, load_state, rng_state, save_state, set_rng_state
@@ -40,7 +40,9 @@ log = logging.getLogger("hpt")
 TrainMode = Literal["all", "bn", "bn-stats", "none"]
 #: Config keys that change how a stage runs but not what it computes; they may differ on resume.
 RUNTIME_KEYS = frozenset({"device", "workers", "checkpoint_every", "log_every", "keep_backbones", "compile"})
-FAULT_ENV = "HPT_FAULT_AFTER_STEP"  # test hook: SIGKILL this process after the given step
+FAULT_ENV = "HPT_FAULT_AFTER_STEP"
+#: metrics.csv's accuracy column: the positive key ranked first (MoCo, SimCLR); BYOL: mean cosine to the target
+ACCURACY_COLUMN = {"mocov2": "moco_acc", "simclr": "simclr_acc", "byol": "byol_cosine"}  # test hook: SIGKILL this process after the given step
 
 
 @dataclass
@@ -51,13 +53,15 @@ class StageConfig:
     data: Any  # a data spec string or mapping (see hpt.data.parse_data_spec)
     steps: int  # budget in optimizer steps of one global batch
     train: TrainMode = "all"
-    method: Literal["mocov2"] = "mocov2"
+    method: Literal["mocov2", "simclr", "byol"] = "mocov2"
     batch_size: int = 256  # global batch (all processes together)
     lr: float = 0.03  # for a global batch of lr_reference_batch; scaled linearly with the real global batch
     lr_reference_batch: int = 256
     sgd_momentum: float = 0.9
     weight_decay: float = 1e-4
     moco: MocoV2Config = field(default_factory=MocoV2Config)
+    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
+    byol: BYOLConfig = field(default_factory=BYOLConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
@@ -242,23 +246,20 @@ def _train_ssl(
     semantic: dict[str, Any],
     info: distributed.DistInfo,
 ) -> dict[str, Any]:
-    """MoCo-v2 training of the backbone (mode all or bn) for config.steps steps."""
+    """Self-supervised training of the backbone (mode all or bn) for config.steps steps with config.method."""
     per_rank = _per_rank_batch(config, info)
     start_step = int(state["step"]) if state else 0
     dataset, side, mean, std, loader = _prepare_data(config, info, per_rank, start_step)
-    if config.moco.queue_size:
-        queue_size, queue_reason = config.moco.queue_size, "queue size set in the config"
-    else:
-        queue_size, queue_reason = auto_queue_size(config.steps, config.batch_size, len(dataset))
-    if queue_size % config.batch_size:
-        raise HptError(f"moco.queue_size {queue_size} must be a multiple of the global batch {config.batch_size}")
-
     set_trainable(backbone, config.train)  # before any DDP wrapping (the public code's flaw 2)
     torch.manual_seed(config.seed)  # the new head and queue
-    model = MocoV2(backbone, config.moco, queue_size).to(info.device)
-    splits = _bn_splits(config, info, per_rank) if config.batchnorm == "shuffle" else 1
+    model, queue_size, queue_reason = build_method(
+        config.method, backbone, moco=config.moco, simclr=config.simclr, byol=config.byol, steps=config.steps,
+        global_batch=config.batch_size, num_images=len(dataset))
+    model = model.to(info.device)
+    shuffle = config.batchnorm == "shuffle" and config.method == "mocov2"  # shuffle-BN is MoCo's
+    splits = _bn_splits(config, info, per_rank) if shuffle else 1
     model.set_bn_splits(splits)
-    model.shuffle_keys = config.batchnorm == "shuffle"
+    model.shuffle_keys = shuffle
     sync_bn = config.batchnorm == "sync" and info.distributed
     if sync_bn:
         if info.device.type != "cuda":
@@ -322,6 +323,8 @@ def _train_ssl(
                 im_k = im_k.contiguous(memory_format=torch.channels_last)
             for group in optimizer.param_groups:
                 group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
+            if isinstance(model, BYOL):
+                model.schedule_momentum(step, config.steps)
             with torch.autocast(info.device.type, dtype=autocast_dtype or torch.float32,
                                 enabled=autocast_dtype is not None):
                 out = train_model(im_q, im_k)
@@ -336,7 +339,7 @@ def _train_ssl(
                 now = time.perf_counter()
                 rate = window_images / max(now - window_start, 1e-9)
                 window_start, window_images = now, 0
-                row = {"loss": loss_value, "moco_acc": out.accuracy.item(), "lr": optimizer.param_groups[0]["lr"],
+                row = {"loss": loss_value, ACCURACY_COLUMN[config.method]: out.accuracy.item(), "lr": optimizer.param_groups[0]["lr"],
                        "images_per_s": rate}
                 if metrics is not None:
                     metrics.add(done, row)
@@ -344,7 +347,8 @@ def _train_ssl(
                     if progress.disable:
                         eta = (config.steps - done) * config.batch_size / max(rate, 1e-9)
                         log.info("%s step %d/%d loss %.4f acc %.3f lr %.4g %.0f img/s eta %.0fs", config.name,
-                                 done, config.steps, loss_value, row["moco_acc"], row["lr"], rate, eta)
+                                 done, config.steps, loss_value, row[ACCURACY_COLUMN[config.method]], row["lr"],
+                                 rate, eta)
             progress.update(1)
             if probe is not None and config.stop is not None and done % config.stop.every == 0:
                 value = probe.score(done, model.backbone)
@@ -375,8 +379,10 @@ def _train_ssl(
     train_time = time.perf_counter() - loop_start
     last_step = stopped["step"] if stopped else config.steps
     steps_run = last_step - start_step
-    if sync_bn:
-        restore_batchnorm(model)  # plain (split) BatchNorm again, for later stages and evaluation
+    if sync_bn:  # plain (split) BatchNorm again in the backbones, for later stages and evaluation
+        for name in ("backbone", "backbone_k", "target_backbone"):
+            if hasattr(model, name):
+                restore_batchnorm(getattr(model, name))
     if info.distributed:  # after the last forward each rank holds its own running statistics: average them
         _average_bn_statistics(backbone)
     checksums = distributed.all_gather_objects(weights_sha256(backbone))
@@ -423,8 +429,8 @@ def _average_bn_statistics(backbone: ResNet) -> None:
             distributed.all_reduce_mean_(module.running_var)
 
 
-def _save(stage_dir: Path, model: MocoV2, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-          step: int, semantic: dict[str, Any], queue_size: int, info: distributed.DistInfo,
+def _save(stage_dir: Path, model: SSLMethod, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+          step: int, semantic: dict[str, Any], queue_size: int | None, info: distributed.DistInfo,
           extra: dict[str, Any] | None = None) -> None:
     if info.is_main:
         save_state(stage_dir / "state", {

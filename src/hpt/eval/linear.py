@@ -119,7 +119,7 @@ def linear_eval(backbone: EvalBackbone, splits: LabelledSplits, config: LinearCo
     runs = []
     for i in range(config.seeds):
         seed = config.seed + i
-        with _few_threads(device.type == "cpu" and not config.augmented):
+        with few_threads(device.type == "cpu" and not config.augmented):
             runs.append(train_linear_head(batches, model.feature_dim, splits, val_x, test_x, config, seed, device))
         log.info("linear seed %d: best val %.4f at step %d", seed, runs[-1].val, runs[-1].step)
     check_unchanged(before, model)
@@ -134,7 +134,7 @@ def linear_eval(backbone: EvalBackbone, splits: LabelledSplits, config: LinearCo
 
 
 @contextlib.contextmanager
-def _few_threads(active: bool) -> Iterator[None]:
+def few_threads(active: bool) -> Iterator[None]:
     """One CPU thread for the tiny matrix products of a linear head: several threads only add overhead there
     (5,000 steps: 6 s with one thread, 39 s with two on a busy 2-core machine)."""
     before = torch.get_num_threads()

@@ -250,6 +250,13 @@ def infer_spec(state: Mapping[str, Tensor]) -> BackboneSpec:
     kind = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
     arch = next((a for a, layout in _LAYOUTS.items() if layout == (kind, depths)), None)
     if arch is None:
+        kept = next((k for k in range(1, 4) if all(depths[:k]) and not any(depths[k:])), 0)
+        if kept and any(layout[0] == kind and layout[1][:kept] == depths[:kept] for layout in _LAYOUTS.values()):
+            raise HptError(
+                f"this backbone stops after layer{kept} (a truncated export, `hpt export --truncate`); hpt's "
+                "commands need a full backbone: export it without --truncate, or load it in Python with "
+                "hpt.models.truncate.load_truncated"
+            )
         raise HptError(
             f"not a recognised ResNet: {kind} blocks with depths {list(depths)}; hpt supports {', '.join(ARCHS)} "
             "(basic [2,2,2,2], basic [3,4,6,3], bottleneck [3,4,6,3])"

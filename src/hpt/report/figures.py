@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from hpt.eval.curve import save_figure
 from hpt.report.tables import label, metric_name
 
 
@@ -21,10 +22,7 @@ def _plt():  # noqa: ANN202
 
 
 def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path)
-    _plt().close(fig)
+    save_figure(fig, path)
     return path
 
 

@@ -1,0 +1,108 @@
+"""`hpt analyze similarity|depth`: where in the network backbones differ, and how separable each depth is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+_ARCH_OPTIONS = [
+    click.option("--arch", type=click.Choice(["resnet18", "resnet34", "resnet50"]), default=None,
+                 help="Architecture (default: the checkpoint's; needed with 'random')."),
+    click.option("--small-stem/--no-small-stem", default=None, help="3x3 stride-1 stem without max-pool."),
+    click.option("--width", type=int, default=None, help="Base width of layer1 (64 in torchvision)."),
+    click.option("--image-size", type=int, default=None, help="Resize images to this side (default: theirs)."),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
+    click.option("--json", "as_json", is_flag=True, help="Print the record as JSON."),
+]
+
+
+def _with(options: list[Any]) -> Any:
+    def wrap(func: Any) -> Any:
+        for option in reversed(options):
+            func = option(func)
+        return func
+    return wrap
+
+
+def _start(out: Path) -> None:
+    from hpt.cli import _setup_logging
+
+    _setup_logging(False, out)
+
+
+@click.group("analyze")
+def analyze_group() -> None:
+    """Layer-by-layer similarity of backbones (linear CKA) and linear probes at each depth."""
+
+
+@analyze_group.command()
+@click.argument("checkpoints", nargs=-1, required=True)
+@click.option("--data", required=True, help="Data spec; a seeded sample of its images (train split) is encoded.")
+@click.option("--images", type=int, default=2000, show_default=True, help="Images in the sample (at most).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image sample ('random' "
+              "backbones get seed, seed+1, ... in order).")
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Images per forward pass.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/analyze/similarity"), show_default=True,
+              help="Folder for similarity.json, similarity.csv and similarity.png.")
+@_with(_ARCH_OPTIONS)
+def similarity(checkpoints: tuple[str, ...], data: str, images: int, seed: int, batch_size: int, out: Path,
+               arch: str | None, small_stem: bool | None, width: int | None, image_size: int | None, device: str,
+               as_json: bool) -> None:
+    """Linear CKA between backbones of one architecture, layer by layer (stem, every block, pooled).
+
+    CHECKPOINTS: two or more files or named weights ('random' too); with more than two, every pair is a column.
+    Feature maps are averaged over space (one value per channel) before CKA; BatchNorm is in eval mode."""
+    from hpt.analysis.cka import check_same_architecture, layer_similarity, model_labels, similarity_table
+    from hpt.errors import HptError
+    from hpt.eval import load_eval_backbone
+
+    if len(checkpoints) < 2:
+        raise HptError(f"similarity needs at least two checkpoints, got {len(checkpoints)}: {' '.join(checkpoints)}")
+    backbones = [load_eval_backbone(c, arch=arch, small_stem=small_stem, width=width, seed=seed + i)
+                 for i, c in enumerate(checkpoints)]
+    labels = [f"random(seed={seed + i})" if b.format == "random" else label
+              for i, (b, label) in enumerate(zip(backbones, model_labels(backbones)))]
+    check_same_architecture(backbones, labels)
+    _start(out)
+    record = layer_similarity(backbones, data, images=images, seed=seed, image_size=image_size, device=device,
+                              batch_size=batch_size, out_dir=out, labels=labels)
+    click.echo(json.dumps(record, indent=2, sort_keys=True) if as_json else similarity_table(record))
+    if not as_json:
+        click.echo(f"wrote {out / 'similarity.json'}, similarity.csv, similarity.png")
+
+
+@analyze_group.command()
+@click.argument("checkpoint")
+@click.option("--data", required=True, help="Labelled data spec; train/val/test are taken from it (as hpt eval).")
+@click.option("--steps", type=int, default=5000, show_default=True, help="Classifier steps per depth.")
+@click.option("--lr", type=float, default=30.0, show_default=True)
+@click.option("--batch-size", type=int, default=512, show_default=True)
+@click.option("--eval-every", type=int, default=100, show_default=True, help="Steps between val/test scores.")
+@click.option("--seeds", type=int, default=1, show_default=True, help="Repeat each classifier with this many seeds.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/analyze/depth"), show_default=True,
+              help="Folder for depth.json, depth.csv and depth.png.")
+@_with(_ARCH_OPTIONS)
+def depth(checkpoint: str, data: str, steps: int, lr: float, batch_size: int, eval_every: int, seeds: int,
+          seed: int, out: Path, arch: str | None, small_stem: bool | None, width: int | None,
+          image_size: int | None, device: str, as_json: bool) -> None:
+    """The linear protocol of `hpt eval linear` on features pooled after the stem and each of layer1..layer4.
+
+    Prints the test score with its 95% interval per depth, the best depth, and which shallower depths are
+    within noise of it (intervals overlap)."""
+    from hpt.analysis.depth import depth_probe, depth_table
+    from hpt.eval import LinearConfig, load_eval_backbone, load_splits
+
+    config = LinearConfig(steps=steps, lr=lr, batch_size=batch_size, eval_every=eval_every, seeds=seeds, seed=seed,
+                          image_size=image_size, device=device)
+    backbone = load_eval_backbone(checkpoint, arch=arch, small_stem=small_stem, width=width, seed=seed)
+    splits = load_splits(data, seed=seed)
+    _start(out)
+    click.echo(f"data: {splits.spec.describe()}: {splits.describe()}", err=True)
+    record = depth_probe(backbone, splits, config, out)
+    click.echo(json.dumps(record, indent=2, sort_keys=True) if as_json else depth_table(record))
+    if not as_json:
+        click.echo(f"wrote {out / 'depth.json'}, depth.csv, depth.png")

@@ -1,0 +1,128 @@
+"""BYOL (Grill et al. 2020): an online network (backbone, projector, predictor) regresses the projection of an
+EMA target network (backbone, projector); no negatives, no queue.
+
+Same interface as :class:`hpt.methods.mocov2.MocoV2` (``backbone``, ``shuffle_keys``, ``query_parameters()``,
+``set_bn_splits()``, ``momentum_update()``, ``forward(view1, view2) -> MocoOutput``), so a stage can train with
+either. As MocoV2 does, ``forward`` performs the EMA step itself (before computing the targets), so a stage calls
+nothing else per step. Since the first EMA step moves nothing (the target starts as a copy of the online
+network), this is exactly BYOL's order "optimizer step, then EMA step" shifted into the next forward.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpt.errors import HptError
+from hpt.methods.mocov2 import MocoOutput
+from hpt.methods.simclr import MLPHead
+from hpt.models.resnet import ResNet
+from hpt.models.resnet import set_bn_splits as _set_bn_splits
+
+
+@dataclass
+class BYOLConfig:
+    """BYOL's hyper-parameters (kept small: BYOL's own projector is 4096 wide)."""
+
+    dim: int = 128  # output of the projector and of the predictor
+    hidden_dim: int | None = None  # None: twice the backbone's feature size (projector and predictor)
+    momentum: float = 0.99  # target EMA (the base value under the cosine schedule)
+    momentum_schedule: Literal["constant", "cosine"] = "constant"  # cosine: BYOL's increase from `momentum` to 1
+
+    def __post_init__(self) -> None:
+        if self.dim < 1:
+            raise HptError(f"byol.dim must be >= 1, got {self.dim}")
+        if self.hidden_dim is not None and self.hidden_dim < 1:
+            raise HptError(f"byol.hidden_dim must be >= 1 (or null for twice the backbone's feature size), "
+                           f"got {self.hidden_dim}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise HptError(f"byol.momentum must be in [0, 1), got {self.momentum}")
+        if self.momentum_schedule not in ("constant", "cosine"):
+            raise HptError(f"byol.momentum_schedule must be constant or cosine, got {self.momentum_schedule!r}")
+
+
+def cosine_momentum(base: float, step: int, total: int) -> float:
+    """BYOL's schedule: ``1 - (1 - base) * (cos(pi * step / total) + 1) / 2``, from `base` at step 0 to 1 at the end."""
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * min(step, total) / max(total, 1)) + 1.0) / 2.0
+
+
+class BYOL(nn.Module):
+    """Online backbone + projector + predictor; EMA target backbone + projector (no gradient)."""
+
+    def __init__(self, backbone: ResNet, config: BYOLConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        hidden = config.hidden_dim or 2 * backbone.feature_dim
+        self.projector = MLPHead(backbone.feature_dim, hidden, config.dim)
+        self.predictor = MLPHead(config.dim, hidden, config.dim)
+        self.target_backbone = copy.deepcopy(backbone)
+        self.target_projector = copy.deepcopy(self.projector)
+        for param in self.target_parameters():
+            param.requires_grad_(False)
+        self.momentum = config.momentum  # the EMA rate of the next momentum_update (see set_momentum)
+        self.shuffle_keys = False  # accepted for MocoV2's interface and ignored: BYOL has no negatives to leak
+
+    def online_parameters(self) -> list[nn.Parameter]:
+        """The online parameters that have a target copy, in the same order as target_parameters()."""
+        return list(self.backbone.parameters()) + list(self.projector.parameters())
+
+    def target_parameters(self) -> list[nn.Parameter]:
+        return list(self.target_backbone.parameters()) + list(self.target_projector.parameters())
+
+    def query_parameters(self) -> list[nn.Parameter]:
+        """What the optimizer trains: the online backbone, projector and predictor."""
+        return self.online_parameters() + list(self.predictor.parameters())
+
+    def set_bn_splits(self, splits: int) -> None:
+        """Compute training BatchNorm statistics of both backbones over `splits` groups of the (2N-view) batch.
+
+        Only SplitBatchNorm2d layers split; the heads' BatchNorm1d spans the whole batch.
+        """
+        _set_bn_splits(self, splits)
+
+    def set_momentum(self, momentum: float) -> None:
+        """The EMA rate of the next momentum_update() calls (for a stage that schedules it itself)."""
+        if not 0.0 <= momentum <= 1.0:
+            raise HptError(f"byol momentum must be in [0, 1], got {momentum}")
+        self.momentum = float(momentum)
+
+    def schedule_momentum(self, step: int, total: int) -> float:
+        """Set (and return) the momentum for `step` of `total` under config.momentum_schedule."""
+        if self.config.momentum_schedule == "cosine":
+            self.set_momentum(cosine_momentum(self.config.momentum, step, total))
+        else:
+            self.set_momentum(self.config.momentum)
+        return self.momentum
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """target <- m * target + (1 - m) * online, for the backbone and the projector (not BatchNorm buffers)."""
+        m = self.momentum
+        for online, target in zip(self.online_parameters(), self.target_parameters(), strict=True):
+            target.mul_(m).add_(online.detach(), alpha=1.0 - m)
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> MocoOutput:
+        """EMA step, then the symmetric BYOL loss; both views go through each network as one batch.
+
+        loss = mean over the two directions and the images of ``2 - 2 cos(predictor(online(v_a)), target(v_b))``
+        (half of the paper's sum of the two directions), so it lies in [0, 4]. The ``accuracy`` field holds the
+        mean cosine similarity between predictions and targets (detached; 1 is perfect), which BYOL has in place
+        of a classification accuracy.
+        """
+        both = torch.cat([view1, view2], dim=0)
+        with torch.no_grad():
+            self.momentum_update()
+            t1, t2 = F.normalize(self.target_projector(self.target_backbone.forward_features(both)).float(),
+                                 dim=1).chunk(2, dim=0)
+        p = self.predictor(self.projector(self.backbone.forward_features(both))).float()
+        p1, p2 = F.normalize(p, dim=1).chunk(2, dim=0)
+        cosine = torch.cat([(p1 * t2).sum(dim=1), (p2 * t1).sum(dim=1)])
+        loss = (2.0 - 2.0 * cosine).mean()
+        return MocoOutput(loss=loss, accuracy=cosine.mean().detach())
