@@ -45,10 +45,12 @@ def analyze_group() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image sample ('random' "
               "backbones get seed, seed+1, ... in order).")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Images per forward pass.")
+@click.option("--name", "names", multiple=True, help="A name per checkpoint, in order (e.g. --name Base --name HPT).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/analyze/similarity"), show_default=True,
               help="Folder for similarity.json, similarity.csv and similarity.png.")
 @_with(_ARCH_OPTIONS)
-def similarity(checkpoints: tuple[str, ...], data: str, images: int, seed: int, batch_size: int, out: Path,
+def similarity(checkpoints: tuple[str, ...], data: str, images: int, seed: int, batch_size: int,
+               names: tuple[str, ...], out: Path,
                arch: str | None, small_stem: bool | None, width: int | None, image_size: int | None, device: str,
                as_json: bool) -> None:
     """Linear CKA between backbones of one architecture, layer by layer (stem, every block, pooled).
@@ -63,8 +65,10 @@ def similarity(checkpoints: tuple[str, ...], data: str, images: int, seed: int, 
         raise HptError(f"similarity needs at least two checkpoints, got {len(checkpoints)}: {' '.join(checkpoints)}")
     backbones = [load_eval_backbone(c, arch=arch, small_stem=small_stem, width=width, seed=seed + i)
                  for i, c in enumerate(checkpoints)]
-    labels = [f"random(seed={seed + i})" if b.format == "random" else label
-              for i, (b, label) in enumerate(zip(backbones, model_labels(backbones)))]
+    if names and len(names) != len(checkpoints):
+        raise HptError(f"--name was given {len(names)} times for {len(checkpoints)} checkpoints; give one per checkpoint")
+    labels = list(names) or [f"random(seed={seed + i})" if b.format == "random" else label
+                             for i, (b, label) in enumerate(zip(backbones, model_labels(backbones)))]
     check_same_architecture(backbones, labels)
     _start(out)
     record = layer_similarity(backbones, data, images=images, seed=seed, image_size=image_size, device=device,

@@ -39,7 +39,7 @@ from hpt.augment import EvalTransform
 from hpt.data import DataSpec, ImageDataset, channel_stats, open_dataset, parse_data_spec
 from hpt.errors import HptError
 from hpt.eval.common import pick_device
-from hpt.eval.curve import write_json
+from hpt.eval.curve import save_figure, write_json
 from hpt.eval.features import EvalBackbone, check_unchanged, snapshot
 from hpt.models import ResNet
 
@@ -270,13 +270,10 @@ def plot_similarity(path: Path, record: dict[str, Any]) -> None:
     ax.set_yticks(range(len(rows)), [row["layer"] for row in rows], fontsize=7)
     ax.set_xticks(range(len(pairs)), [p["label"] for p in pairs], fontsize=7)
     ax.set_xlabel("pair of backbones", fontsize=8)
-    legend = "; ".join(f"{i + 1}: {m['label']}" for i, m in enumerate(record["models"]))
+    legend = "\n".join(f"{i + 1}: {m['label']}" for i, m in enumerate(record["models"]))
     ax.set_title(f"linear CKA on {record['images']} images\n{legend}", fontsize=7)
     fig.colorbar(image, ax=ax, fraction=0.08, pad=0.04)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def similarity_table(record: dict[str, Any]) -> str:
