@@ -62,3 +62,19 @@ def test_pretrain_stop_when_converged_says_how_many_steps_it_saved(capsys: pytes
                           "--probe-patience", "1", "--probe-margin", "1.0")
     assert code == 0, err
     assert "stopped at step 2 (3 of the budget saved)" in out
+
+
+def test_the_default_margin_is_one_standard_error_of_the_probe() -> None:
+    import torch
+
+    from hpt.convergence import OnlineProbe
+
+    probe = OnlineProbe(StopConfig(), "npz:unused.npz", torch.device("cpu"))
+    probe.history = [(100, 0.75)]
+
+    class FakeSplits:
+        val = [0] * 1000
+
+    probe._splits = FakeSplits()
+    assert probe.margin() == pytest.approx((0.75 * 0.25 / 1000) ** 0.5)
+    assert OnlineProbe(StopConfig(margin=0.05), "npz:x.npz", torch.device("cpu")).margin() == 0.05

@@ -80,13 +80,14 @@ def cli(debug: bool, verbose: bool) -> None:
 @click.option("--probe-data", default=None, help="Labelled data for the probe (default: --data, if labelled).")
 @click.option("--probe-every", type=int, default=100, show_default=True)
 @click.option("--probe-patience", type=int, default=3, show_default=True, help="Probes without progress before stopping.")
-@click.option("--probe-margin", type=float, default=0.002, show_default=True, help="Least gain that counts (0.002 = 0.2 points).")
+@click.option("--probe-margin", type=float, default=None,
+              help="Least gain that counts (0.01 = 1 point); default: one standard error of the probe's val score.")
 def pretrain(base: str, data: str, steps: int, train_mode: str, arch: str | None, small_stem: bool | None,
              width: int | None, out: Path, name: str, resume: bool, batch_size: int, lr: float, precision: str,
              channels_last: bool, device: str, image_size: int | None, remove_aug: tuple[str, ...],
              queue_size: int | None, workers: int | None, seed: int, checkpoint_every: int, method: str,
              stop_when_converged: bool,
-             probe_data: str | None, probe_every: int, probe_patience: int, probe_margin: float) -> None:
+             probe_data: str | None, probe_every: int, probe_patience: int, probe_margin: float | None) -> None:
     """Pretrain one stage from --base on --data; writes OUT/NAME/backbone.safetensors."""
     from hpt.hierarchy import pretrain as run_pretrain
 

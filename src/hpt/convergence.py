@@ -23,14 +23,16 @@ class StopConfig:
     labels: int = 1000  # labelled training images of the probe (stratified subset)
     every: int = 100
     probe: Literal["knn", "linear"] = "knn"
-    margin: float = 0.002  # the least gain (in metric units, 0.002 = 0.2 points) that counts as progress
+    # The least gain (metric units; 0.01 = 1 point) that counts as progress. None: one standard error of the
+    # probe's score on its val images, sqrt(p(1-p)/n), at least 0.002 - a smaller gain is noise.
+    margin: float | None = None
     patience: int = 3
     min_steps: int = 0  # never stop before this step
 
     def __post_init__(self) -> None:
         if self.every < 1 or self.patience < 1 or self.labels < 1:
             raise HptError("stop.every, stop.patience and stop.labels must be >= 1")
-        if self.margin < 0:
+        if self.margin is not None and self.margin < 0:
             raise HptError(f"stop.margin must be >= 0, got {self.margin}")
 
 
@@ -100,6 +102,14 @@ class OnlineProbe:
         value = evaluate(scores, splits.val.labels, splits.class_names).value
         self.history.append((step, float(value)))
         return float(value)
+
+    def margin(self) -> float:
+        """The configured margin, or one standard error of the best score so far on the val images."""
+        if self.config.margin is not None:
+            return self.config.margin
+        best = max(score for _, score in self.history) if self.history else 0.5
+        n = len(self._splits.val) if self._splits is not None else 1
+        return max(0.002, float(np.sqrt(best * (1 - best) / max(n, 1))))
 
 
 def _linear_scores(train: torch.Tensor, labels: torch.Tensor, val: torch.Tensor, splits: Any) -> np.ndarray:

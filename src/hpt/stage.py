@@ -352,7 +352,7 @@ def _train_ssl(
             progress.update(1)
             if probe is not None and config.stop is not None and done % config.stop.every == 0:
                 value = probe.score(done, model.backbone)
-                decision = should_stop(probe.history, config.stop.margin, config.stop.patience, config.stop.min_steps)
+                decision = should_stop(probe.history, probe.margin(), config.stop.patience, config.stop.min_steps)
                 log.info("%s step %d: convergence probe %.4f%s", config.name, done, value,
                          f"; stopping: {decision.reason}" if decision.stop else "")
                 if decision.stop:
