@@ -30,7 +30,7 @@ from hpt.models import (
     resolve_named,
     save_backbone,
 )
-from hpt.models.checkpoints import _atomic_write
+from hpt.atomic import atomic_write as _atomic_write
 
 
 def _randomised(model: ResNet, seed: int = 0) -> ResNet:

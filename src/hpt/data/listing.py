@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hpt.atomic import atomic_write_text
+
 log = logging.getLogger("hpt")
 LISTING_VERSION = 1  # bump when a walk's result format changes
 RACY_SECONDS = 2.0
@@ -95,10 +97,6 @@ def _read(path: Path, key: list[str]) -> Any:
 def write_json(path: Path, record: Any) -> None:
     """Write a cache file atomically; failures only warn (the cache is an optimisation)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(record, f, separators=(",", ":"))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(record, separators=(",", ":")))
     except OSError as err:
         log.warning("could not write the cache file %s (%s); it will be rebuilt next time", path, err)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hpt.atomic import atomic_write
 from hpt.data.arrays import SPLITS, _check_images, _check_labels, _open_npz, _to_channels, resize_batch
 from hpt.data.base import ImageDataset, select
 from hpt.data.spec import DataSpec
@@ -244,11 +245,7 @@ def npz_to_npy_dir(npz_path: str | Path, out_dir: str | Path) -> Path:
 
 
 def _save(path: Path, array: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise HptError(f"cannot write {path} ({err}); check the output folder and the free disk space") from None

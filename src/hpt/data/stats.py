@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from hpt.atomic import atomic_write_text
 from hpt.data.listing import cache_root
 from hpt.data.loader import AnyDataset, batch_loader
 
@@ -88,9 +88,6 @@ def _write_cache(path: Path, ds: AnyDataset, mean: tuple[float, ...], std: tuple
     record = {"spec": ds.spec.describe(), "num_images": len(ds), "max_images": max_images,
               "mean": list(mean), "std": list(std)}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(record, indent=1))
     except OSError as err:
         log.warning("could not write the stats cache %s (%s); stats will be recomputed next time", path, err)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpt.atomic import atomic_write
 from hpt.data.listing import listings_dir
 from hpt.errors import HptError
 
@@ -146,11 +147,8 @@ def _cache_file(shard: Path, cache_dir: Path | None) -> Path:
 
 def _write(path: Path, index: ShardIndex, keys: list[str]) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{id(index)}.tmp.npz")
-        np.savez(tmp, offsets=index.offsets, sizes=index.sizes, labels=index.labels,
-                 keys=np.array(keys, dtype=str) if keys else np.zeros(0, dtype="<U1"))
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.savez(f, offsets=index.offsets, sizes=index.sizes, labels=index.labels,
+                                              keys=np.array(keys, dtype=str) if keys else np.zeros(0, dtype="<U1")))
     except OSError as err:
         log.warning("could not write the shard index %s (%s); the shard will be scanned again next time", path, err)
 

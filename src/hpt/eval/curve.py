@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hpt.atomic import atomic_write_text
 
 
 @dataclass
@@ -84,7 +85,4 @@ def save_figure(fig: Any, path: Path) -> None:
 
 def write_json(path: Path, record: dict[str, Any]) -> None:
     """Write a results record atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")

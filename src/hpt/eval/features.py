@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hpt.atomic import atomic_write
 from hpt.augment import EvalTransform
 from hpt.data import ImageDataset, channel_stats
 from hpt.errors import HptError
@@ -123,8 +124,5 @@ def _dataset_features(backbone: EvalBackbone, ds: ImageDataset, transform: EvalT
     features = extract_features(backbone.model, SplitView(ds, np.arange(len(ds))), transform, device)
     check_unchanged(before, backbone.model)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, features)
-        os.replace(tmp, path)
+        atomic_write(path, lambda handle: np.save(handle, features))
     return features

@@ -28,7 +28,6 @@ from hpt.eval.features import (
     EvalBackbone,
     check_unchanged,
     eval_transform,
-    extract_features,
     snapshot,
     split_features,
 )

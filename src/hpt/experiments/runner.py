@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpt.atomic import atomic_write_text
 from hpt import distributed
 from hpt.eval.suite import EvalSuite
 from hpt.experiments.config import ExperimentConfig
@@ -49,10 +49,7 @@ def run_experiment(kind: str, config: ExperimentConfig, out_dir: str | Path | No
         rows.extend(run_variant(variant, out, suite, info))
     path = out / "experiments" / f"{kind}.jsonl"
     if info.is_main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
     return ExperimentResult(kind, rows, path, time.time() - started)
 
 

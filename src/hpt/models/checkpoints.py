@@ -9,9 +9,7 @@ backbone are the ``fc``/projection-head, momentum-encoder and queue keys that
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -19,6 +17,7 @@ from typing import IO, Any
 import torch
 from torch import Tensor
 
+from hpt.atomic import atomic_write
 from hpt.errors import HptError
 from hpt.models.formats import (
     BackboneSpec,
@@ -204,33 +203,6 @@ def build_backbone(
     return model, info
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write via a temp file in the same directory, fsync, then os.replace (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # persist the rename itself; not possible on every platform/filesystem
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
 def _write_bytes(f: IO[bytes], data: bytes) -> None:
     f.write(data)
 
@@ -253,7 +225,7 @@ def save_backbone(model: ResNet, path: Path, metadata: dict[str, str] | None = N
             raise ValueError(f"metadata key {k!r} is reserved (it is {meta[k]!r} for this model)")
         meta[str(k)] = str(v)
     data = save(_backbone_state(model), metadata=meta)
-    _atomic_write(Path(path), lambda f: _write_bytes(f, data))
+    atomic_write(Path(path), lambda f: _write_bytes(f, data))
 
 
 def export_backbone(source: str | Path, out: Path, fmt: str) -> Path:
@@ -279,7 +251,7 @@ def export_backbone(source: str | Path, out: Path, fmt: str) -> Path:
         return out
     sd = _backbone_state(model)
     obj: Any = sd if fmt == "torchvision" else {"state_dict": {"module.encoder_q." + k: v for k, v in sd.items()}, "arch": model.arch}
-    _atomic_write(out, lambda f: torch.save(obj, f))
+    atomic_write(out, lambda f: torch.save(obj, f))
     return out
 
 

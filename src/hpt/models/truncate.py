@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from hpt.errors import HptError
-from hpt.models.checkpoints import _atomic_write, _backbone_state, _check_strict, _listing, build_backbone
+from hpt.atomic import atomic_write
+from hpt.models.checkpoints import _backbone_state, _check_strict, _listing, build_backbone
 from hpt.models.formats import extract_backbone, read_state_dict
 from hpt.models.resnet import _LAYOUTS, ResNet, build_resnet
 
@@ -65,9 +66,9 @@ def export_truncated(source: str | Path, out: Path, fmt: str, after: str) -> Pat
                 "small_stem": str(model.small_stem), "width": str(model.width),
                 "exported_from": Path(info.path).name, "source_format": info.format}
         data = save(state, metadata=meta)
-        _atomic_write(out, lambda f: f.write(data))
+        atomic_write(out, lambda f: f.write(data))
     else:
-        _atomic_write(out, lambda f: torch.save(state, f))
+        atomic_write(out, lambda f: torch.save(state, f))
     return out
 
 
