@@ -86,6 +86,14 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return f"<{type(self).__name__} {self.summary()}>"
 
 
+def check_batch_and_rank(batch_size: int, rank: int, world_size: int) -> None:
+    """The batch size and this process's place among the processes, as every sampler needs them."""
+    if batch_size < 1:
+        raise HptError(f"batch size must be at least 1, got {batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not valid for world size {world_size}")
+
+
 @dataclass(frozen=True)
 class Selection:
     """Result of :func:`select`: which rows to keep and their (possibly remapped) labels."""

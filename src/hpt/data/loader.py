@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from hpt.data.base import ImageDataset
+from hpt.data.base import ImageDataset, check_batch_and_rank
 from hpt.data.wds import ListPlan, SequentialPlan, WdsBatches, WdsDataset
 from hpt.errors import HptError
 
@@ -31,10 +31,7 @@ class StepBatchSampler(Sampler[list[int]]):
 
     def __init__(self, num_images: int, batch_size: int, *, seed: int = 0, start_step: int = 0,
                  rank: int = 0, world_size: int = 1) -> None:
-        if batch_size < 1:
-            raise HptError(f"batch size must be at least 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not valid for world size {world_size}")
+        check_batch_and_rank(batch_size, rank, world_size)
         if start_step < 0:
             raise ValueError(f"start_step must be >= 0, got {start_step}")
         global_batch = batch_size * world_size

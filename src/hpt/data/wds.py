@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from hpt.data.base import select
+from hpt.data.base import check_batch_and_rank, select
 from hpt.data.files import GRAY_MODES, decode
 from hpt.data.spec import DataSpec
 from hpt.data.wdsindex import index_shards, resolve_shards, shard_keys
@@ -237,10 +237,7 @@ class StreamPlan:
 
     def __init__(self, counts: np.ndarray, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
                  shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> None:
-        if batch_size < 1:
-            raise HptError(f"batch size must be at least 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not valid for world size {world_size}")
+        check_batch_and_rank(batch_size, rank, world_size)
         if shuffle_buffer < 0:
             raise HptError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
         if seed < 0:
