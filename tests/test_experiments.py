@@ -191,3 +191,43 @@ def test_convergence_from_snapshots_shares_the_runs_of_compare(experiment_file: 
     assert snapshot["backbone_sha256"] != final["backbone_sha256"]
     text = build_report(out).read_text()
     assert "Steps to parity" in text
+
+
+def test_sequential_with_several_sources_expands_one_pair_per_source(experiment_file: Path) -> None:
+    raw = yaml.safe_load(experiment_file.read_text())
+    write_npz(experiment_file.parent / "other.npz", n_train=48, seed=4)
+    raw["source"] = ["npz:source.npz", "npz:other.npz"]
+    config = parse_experiment(raw, experiment_file.parent)
+    variants = {v.label: v for v in expand("sequential", config)}
+    assert list(variants) == ["B", "B+S (source)", "B+S (other)", "B+T", "B+S+T (source)", "B+S+T (other)"]
+    for name in ("source", "other"):
+        assert variants[f"B+S+T ({name})"].stage_ids()[0] == variants[f"B+S ({name})"].stage_ids()[0]
+        assert variants[f"B+S+T ({name})"].series == "B+S+T"
+    assert variants["B+S (source)"].stage_ids()[0] != variants["B+S (other)"].stage_ids()[0]
+    single = {v.label for v in expand("sequential", load_experiment(experiment_file))}
+    assert single == {"B", "B+S", "B+T", "B+S+T"}
+    with pytest.raises(HptError, match="empty list"):
+        parse_experiment({**raw, "source": []}, experiment_file.parent)
+
+
+def test_a_shared_stages_dir_trains_a_source_once_for_two_targets(experiment_file: Path) -> None:
+    root = experiment_file.parent
+    raw = yaml.safe_load(experiment_file.read_text())
+    write_npz(root / "target2.npz", n_train=48, seed=5)
+    raw.update(stages_dir="shared")
+    first = parse_experiment({**raw, "out": "out1"}, root)
+    second = parse_experiment({**raw, "out": "out2", "target": "npz:target2.npz"}, root)
+    rows1 = run_experiment("sequential", first, root / "out1").rows
+    source_runs = sorted((root / "shared").glob("source-*/source/summary.json"))
+    assert len(source_runs) == 1
+    stamp = source_runs[0].stat().st_mtime_ns
+    rows2 = run_experiment("sequential", second, root / "out2").rows
+    assert sorted((root / "shared").glob("source-*/source/summary.json")) == source_runs
+    assert source_runs[0].stat().st_mtime_ns == stamp  # trained once, reused by the second target
+    assert not list((root / "out1").glob("stages/*/*/backbone.safetensors"))  # stage runs only in shared/
+    for out, rows in ((root / "out1", rows1), (root / "out2", rows2)):
+        for row in rows:  # each target's evaluations live under its own OUT
+            assert (out / row["eval_dir"] / "linear" / "results.json").exists()
+    assert rows1[0]["backbone_sha256"] != rows2[0]["backbone_sha256"]  # B: statistics of each target
+    text = build_report(root / "out1").read_text()
+    assert "- B+S+T - B+T:" in text and "- B+S+T - B+S:" in text

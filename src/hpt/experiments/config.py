@@ -50,9 +50,12 @@ class ExperimentConfig:
 
     target: str  # labelled target data: its train split is pretrained on, its splits evaluate
     base: BaseConfig = field(default_factory=BaseConfig)
-    source: str | None = None  # for the sequential experiment
+    source: str | list[str] | None = None  # for the sequential experiment: one source, or several candidates
     name: str = "experiment"
     out: str | None = None  # relative to the file; --out overrides
+    # Where stage runs live (default OUT/stages): experiment files that name the same folder share runs, e.g. one
+    # source stage serving the sequential studies of several targets.
+    stages_dir: str | None = None
     defaults: dict[str, Any] = field(default_factory=dict)  # stage settings for every pretraining stage
     budgets: Budgets = field(default_factory=Budgets)
     eval: EvalSuiteConfig = field(default_factory=EvalSuiteConfig)
@@ -79,6 +82,15 @@ class ExperimentConfig:
             raise HptError(f"fractions must lie in (0, 1], got {self.fractions}")
         if any(s < 1 for s in self.convergence_steps):
             raise HptError(f"convergence_steps must be >= 1, got {self.convergence_steps}")
+        if isinstance(self.source, list) and not self.source:
+            raise HptError("source is an empty list; give one data spec or a list of candidate sources")
+
+    @property
+    def sources(self) -> list[str]:
+        """The source data specs (none, one, or several candidates)."""
+        if self.source is None:
+            return []
+        return [self.source] if isinstance(self.source, str) else list(self.source)
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -93,17 +105,21 @@ def parse_experiment(raw: dict[str, Any], root: Path | None = None) -> Experimen
     if "target" not in raw:
         raise HptError("the experiment has no 'target'; give the labelled target data, e.g. target: npz:target.npz")
     if root is not None:
-        for key in ("target", "source"):
-            if raw.get(key) is not None:
-                raw[key] = _resolve(raw[key], root)
+        if raw.get("target") is not None:
+            raw["target"] = _resolve(raw["target"], root)
+        if isinstance(raw.get("source"), list):
+            raw["source"] = [_resolve(spec, root) for spec in raw["source"]]
+        elif raw.get("source") is not None:
+            raw["source"] = _resolve(raw["source"], root)
         base = raw.get("base")
         if isinstance(base, dict) and isinstance(base.get("checkpoint"), str) and (root / base["checkpoint"]).exists():
             raw["base"] = {**base, "checkpoint": str((root / base["checkpoint"]).resolve())}
         if isinstance(raw.get("bases"), dict):
             raw["bases"] = {k: str((root / v).resolve()) if (root / str(v)).exists() else v
                             for k, v in raw["bases"].items()}
-        if raw.get("out") is not None and not Path(raw["out"]).is_absolute():
-            raw["out"] = str((root / raw["out"]).resolve())
+        for key in ("out", "stages_dir"):
+            if raw.get(key) is not None and not Path(raw[key]).is_absolute():
+                raw[key] = str((root / raw[key]).resolve())
     section = dict(raw.get("eval") or {})
     if section.get("data") is not None and root is not None:
         section["data"] = _resolve(section["data"], root)

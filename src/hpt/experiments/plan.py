@@ -163,17 +163,23 @@ def _compare(config: ExperimentConfig) -> list[Variant]:
 
 
 def _sequential(config: ExperimentConfig) -> list[Variant]:
-    if config.source is None:
-        raise HptError("the sequential experiment needs a 'source' data set in the experiment file")
+    """B, B+T, and B+S, B+S+T for each source (labelled by the source's file when there are several)."""
+    if not config.sources:
+        raise HptError("the sequential experiment needs a 'source' data set (or a list of them) in the experiment file")
     b = _Builder(config)
-    source = b.stage("source", _train_split(config.source), config.budgets.source, "all")
     target_stats = b.stage("bn-stats", b.target_data, config.budgets.bn_stats, "bn-stats")
-    return [
-        b.base_variant("sequential", "B"),
-        Variant("sequential", "B+S", b.base(), [source, target_stats]),
-        b.hpt("sequential", "B+T"),
-        b.hpt("sequential", "B+S+T", prefix=[source]),
-    ]
+    with_source, with_both = [], []
+    for spec in config.sources:
+        source = b.stage("source", _train_split(spec), config.budgets.source, "all")
+        suffix = f" ({source_name(spec)})" if len(config.sources) > 1 else ""
+        with_source.append(Variant("sequential", f"B+S{suffix}", b.base(), [source, target_stats], series="B+S"))
+        with_both.append(b.hpt("sequential", f"B+S+T{suffix}", prefix=[source], series="B+S+T"))
+    return [b.base_variant("sequential", "B"), *with_source, b.hpt("sequential", "B+T"), *with_both]
+
+
+def source_name(spec: str) -> str:
+    """A short name of a data spec: its file or folder name without the extension."""
+    return parse_data_spec(spec).path.stem
 
 
 def _augment(config: ExperimentConfig) -> list[Variant]:

@@ -1,7 +1,8 @@
 """Run an experiment: train the stages that are missing, evaluate each variant, write one row per result.
 
-Layout of OUT:  stages/<stage-id>/<stage name>/   (backbone, state, metrics; shared by every experiment)
-                stages/<id>/eval/<label>/<protocol>/results.json
+Layout of OUT:  stages/<stage-id>/<stage name>/   (backbone, state, metrics; shared by every experiment;
+                                                   `stages_dir:` puts them elsewhere, to share across files)
+                stages/<id>/eval/<label>/<protocol>/results.json  (always under OUT: evaluations are per target)
                 experiments/<kind>.jsonl           (the rows of the last complete run of that experiment)
 Killed and restarted, an experiment resumes the interrupted stage and skips everything that finished.
 """
@@ -42,19 +43,22 @@ def run_experiment(kind: str, config: ExperimentConfig, out_dir: str | Path | No
     started = time.time()
     info = distributed.init_distributed(config.defaults.get("device", "auto"))
     suite = EvalSuite(config.eval, out)
-    log.info("experiment %s: %d variants -> %s", kind, len(variants), out)
+    stages = Path(config.stages_dir) if config.stages_dir else out / "stages"
+    log.info("experiment %s: %d variants -> %s (stage runs in %s)", kind, len(variants), out, stages)
     rows = []
     for i, variant in enumerate(variants, 1):
         log.info("[%d/%d] %s", i, len(variants), _name(variant))
-        rows.extend(run_variant(variant, out, suite, info))
+        rows.extend(run_variant(variant, out, suite, info, stages))
     path = out / "experiments" / f"{kind}.jsonl"
     if info.is_main:
         atomic_write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
     return ExperimentResult(kind, rows, path, time.time() - started)
 
 
-def run_variant(variant: Variant, out: Path, suite: EvalSuite, info: distributed.DistInfo) -> list[dict[str, Any]]:
-    """Train (or reuse) the variant's stages from its start, then evaluate its final backbone."""
+def run_variant(variant: Variant, out: Path, suite: EvalSuite, info: distributed.DistInfo,
+                stages: Path | None = None) -> list[dict[str, Any]]:
+    """Train (or reuse) the variant's stages (in `stages`, default OUT/stages) from its start, then evaluate."""
+    stages = stages or out / "stages"
     start = variant.start
     import torch
 
@@ -63,17 +67,18 @@ def run_variant(variant: Variant, out: Path, suite: EvalSuite, info: distributed
                                                width=start.width)
     summaries = []
     for stage, stage_id in zip(variant.stages, variant.stage_ids(), strict=True):
-        result = run_stage(stage, backbone, out / "stages" / stage_id, resume=True, info=info)
+        result = run_stage(stage, backbone, stages / stage_id, resume=True, info=info)
         summaries.append(result.summary)
     if not info.is_main:
         return []
-    where = out / "stages" / variant.result_id()
+    trained = stages / variant.result_id()
+    where = out / "stages" / variant.result_id()  # evaluations stay under OUT even when the stage runs are shared
     source = start.checkpoint
     fmt = "random" if checkpoint_info is None else checkpoint_info.format
     if variant.stages:
         fmt = "safetensors"
         name = "backbone.safetensors" if variant.snapshot is None else f"backbone-step{variant.snapshot}.safetensors"
-        source = str(where / variant.stages[-1].name / name)
+        source = str(trained / variant.stages[-1].name / name)
         if variant.snapshot is not None:
             backbone = _snapshot(Path(source))
     # Named by the stage, not the variant: experiments that share a stage share its evaluation too.
@@ -121,6 +126,6 @@ def _row(variant: Variant, record: dict[str, Any], pretrain_s: float) -> dict[st
         "pretrain_wall_s": round(pretrain_s, 1),
         "eval_wall_s": record["wall_time_s"],
         "result_id": variant.result_id(),
-        "eval_dir": f"stages/{variant.result_id()}/eval/{variant.eval_name}",
+        "eval_dir": f"stages/{variant.result_id()}/eval/{variant.eval_name}",  # relative to OUT
         "backbone_sha256": record["backbone"]["weights_sha256"],
     }

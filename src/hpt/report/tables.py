@@ -60,20 +60,20 @@ def experiment_table(rows: list[dict[str, Any]]) -> str:
 
 
 def pairwise_notes(rows: list[dict[str, Any]]) -> list[str]:
-    """HPT against each baseline present, in points, with the verdict 'beyond noise' or 'within noise'."""
+    """HPT (or each B+S+T, or B+T) against each baseline present, in points, 'beyond noise' or 'within noise'."""
     named = {label(r): r for r in rows}
+    ours = ["HPT"] if "HPT" in named else [k for k in named if k.startswith("B+S+T")] or \
+        (["B+T"] if "B+T" in named else [])
     notes = []
-    for ours in ("HPT", "B+S+T", "B+T"):
-        if ours not in named:
-            continue
-        for other in ("Base", "Target", "HPT-BN", "Random", "B", "B+S"):
-            if other in named and other != ours:
-                a, b = named[ours], named[other]
+    for mine in ours:
+        suffix = mine[len("B+S+T"):] if mine.startswith("B+S+T") else ""
+        for other in ("Base", "Target", "HPT-BN", "Random", "B", "B+T", f"B+S{suffix}"):
+            if other in named and other != mine:
+                a, b = named[mine], named[other]
                 delta = 100 * (a["test"] - b["test"])
                 verdict = "beyond noise" if differs(a["test"], interval(a), b["test"], interval(b)) else \
                     "within noise (intervals overlap)"
-                notes.append(f"- {ours} - {other}: {delta:+.1f} points, {verdict}")
-        break
+                notes.append(f"- {mine} - {other}: {delta:+.1f} points, {verdict}")
     return notes + ([""] if notes else [])
 
 
