@@ -175,6 +175,7 @@ def export(source: str, fmt: str, out: Path, truncate: str | None) -> None:
 
 def _register_commands() -> None:
     from hpt.cli_analyze import analyze_group
+    from hpt.cli_demo import demo_command
     from hpt.cli_eval import eval_group
     from hpt.cli_experiment import experiment_group, report_command
     from hpt.cli_sources import rank_sources_command
@@ -184,6 +185,7 @@ def _register_commands() -> None:
     cli.add_command(experiment_group)
     cli.add_command(report_command)
     cli.add_command(rank_sources_command)
+    cli.add_command(demo_command)
 
 
 _register_commands()
