@@ -8,7 +8,6 @@ writes the report and its figures.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -17,9 +16,8 @@ from hpt.errors import HptError
 from hpt.experiments import load_experiment, run_experiment
 from hpt.report import build_report
 from hpt.report.build import read_rows
-from hpt.report.tables import experiment_table, parity_sentence, steps_to_parity
+from hpt.report.tables import experiment_table, parity_sentences
 
-log = logging.getLogger("hpt")
 DEMO_FILE = "demo.yaml"
 
 
@@ -51,8 +49,5 @@ def run_demo(out_dir: str | Path = "runs/demo", assets: Path | None = None) -> D
     report = build_report(out, "hpt demo: a CIFAR-10 base, FashionMNIST as the target")
     rows = read_rows(out)
     parts = [experiment_table(rows["compare"])]
-    for protocol in sorted({r["protocol"] for r in rows["convergence"]}):
-        sentence = parity_sentence(steps_to_parity([r for r in rows["convergence"] if r["protocol"] == protocol]))
-        if sentence:
-            parts.append(f"convergence ({protocol}): {sentence}")
+    parts += [f"convergence ({protocol}): {sentence}" for protocol, sentence in parity_sentences(rows["convergence"])]
     return DemoResult(out, report, "\n".join(parts), time.time() - started)

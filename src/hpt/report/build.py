@@ -13,7 +13,7 @@ from typing import Any
 
 from hpt.errors import HptError
 from hpt.report import figures
-from hpt.report.tables import experiment_table, parity_sentence, steps_to_parity
+from hpt.report.tables import experiment_table, parity_sentences
 
 ORDER = ("compare", "sequential", "augment", "datasize", "convergence", "bases")
 TITLES = {
@@ -57,10 +57,8 @@ def build_report(out: str | Path, title: str | None = None) -> Path:
         lines += [f"## {TITLES.get(kind, kind)}", ""]
         lines.append(experiment_table(rows[kind]))
         if kind == "convergence":
-            for protocol, group in _by_protocol(rows[kind]).items():
-                sentence = parity_sentence(steps_to_parity(group))
-                if sentence:
-                    lines += [f"{protocol}: {sentence}", ""]
+            for protocol, sentence in parity_sentences(rows[kind]):
+                lines += [f"{protocol}: {sentence}", ""]
         for figure in _figures(kind, rows[kind], out):
             lines += [f"![{figure.stem}]({figure.relative_to(out).as_posix()})", ""]
     path = out / "report.md"

@@ -103,3 +103,12 @@ def parity_sentence(parity: dict[str, Any] | None) -> str:
     return (f"Steps to parity: Target needed {parity['target_steps']} steps to reach HPT's best "
             f"({pct(parity['hpt_best'])} at {parity['hpt_steps']} steps): ratio {parity['ratio']:.1f} "
             "(point estimates; see the intervals in the table).")
+
+
+def parity_sentences(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(protocol, steps-to-parity sentence) for each protocol of convergence rows that has both series."""
+    by_protocol: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_protocol[row["protocol"]].append(row)
+    found = [(protocol, parity_sentence(steps_to_parity(group))) for protocol, group in by_protocol.items()]
+    return [(protocol, sentence) for protocol, sentence in found if sentence]
