@@ -231,3 +231,26 @@ def test_a_shared_stages_dir_trains_a_source_once_for_two_targets(experiment_fil
     assert rows1[0]["backbone_sha256"] != rows2[0]["backbone_sha256"]  # B: statistics of each target
     text = build_report(root / "out1").read_text()
     assert "- B+S+T - B+T:" in text and "- B+S+T - B+S:" in text
+
+
+def _convergence_row(series: str, steps: int, score: float, half_width: float = 0.01) -> dict[str, object]:
+    return {"series": series, "x": steps, "pretrain_steps": steps, "test": score, "low": score - half_width,
+            "high": score + half_width, "protocol": "linear", "variant": series}
+
+
+@pytest.mark.parametrize(("base_score", "target_last", "expected", "absent"), [
+    (0.70, 0.60, [], ["HPT itself added nothing", "HPT lowered", "not a clear lead"]),   # HPT improved on the Base
+    (0.80, 0.60, ["HPT itself added nothing"], ["HPT lowered"]),                      # within noise of the Base
+    (0.90, 0.60, ["HPT lowered the Base's score"], ["added nothing"]),               # below the Base
+    (0.70, 0.79, ["not a clear lead"], ["added nothing", "HPT lowered"]),            # Target's last within noise
+])
+def test_steps_to_parity_names_what_the_ratio_does_not_say(
+        base_score: float, target_last: float, expected: list[str], absent: list[str]) -> None:
+    from hpt.report.tables import parity_sentence, steps_to_parity
+
+    rows = [_convergence_row("HPT", 0, base_score), _convergence_row("Target", 0, 0.5),
+            _convergence_row("HPT", 25, 0.80), _convergence_row("HPT", 50, 0.78),
+            _convergence_row("Target", 100, 0.55), _convergence_row("Target", 400, target_last)]
+    sentence = parity_sentence(steps_to_parity(rows))
+    assert "Target did not reach HPT's best (80.0 at 25 steps) within 400 steps: ratio > 16.0." in sentence
+    assert all(text in sentence for text in expected) and not any(text in sentence for text in absent)

@@ -79,30 +79,49 @@ def pairwise_notes(rows: list[dict[str, Any]]) -> list[str]:
 
 def steps_to_parity(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Convergence: the Target steps needed to reach HPT's best score, divided by HPT's steps at its best.
-    When Target never reaches it, the ratio is a lower bound (Target's largest budget / HPT's steps)."""
+    When Target never reaches it, the ratio is a lower bound (Target's largest budget / HPT's steps). Also keeps
+    the rows it rests on: HPT's best, the Base (HPT at step 0) and Target's last point, for the noise caveats."""
     hpt = sorted((r for r in rows if r["series"] == "HPT" and r["pretrain_steps"] > 0), key=lambda r: r["x"])
     target = sorted((r for r in rows if r["series"] == "Target"), key=lambda r: r["x"])
     if not hpt or not target:
         return None
     best = max(hpt, key=lambda r: r["test"])
+    base = next((r for r in rows if r["series"] == "HPT" and r["pretrain_steps"] == 0), None)
     reached = [r for r in target if r["test"] >= best["test"]]
-    if reached:
-        steps = reached[0]["x"]
-        return {"hpt_best": best["test"], "hpt_steps": best["x"], "target_steps": steps,
-                "ratio": steps / best["x"], "lower_bound": False}
-    return {"hpt_best": best["test"], "hpt_steps": best["x"], "target_steps": target[-1]["x"],
-            "ratio": target[-1]["x"] / best["x"], "lower_bound": True}
+    steps = reached[0]["x"] if reached else target[-1]["x"]
+    return {"hpt_best": best["test"], "hpt_steps": best["x"], "target_steps": steps, "ratio": steps / best["x"],
+            "lower_bound": not reached, "best_row": best, "base_row": base, "target_last_row": target[-1]}
 
 
 def parity_sentence(parity: dict[str, Any] | None) -> str:
     if parity is None:
         return ""
     if parity["lower_bound"]:
-        return (f"Steps to parity: Target did not reach HPT's best ({pct(parity['hpt_best'])} at "
+        text = (f"Steps to parity: Target did not reach HPT's best ({pct(parity['hpt_best'])} at "
                 f"{parity['hpt_steps']} steps) within {parity['target_steps']} steps: ratio > {parity['ratio']:.1f}.")
-    return (f"Steps to parity: Target needed {parity['target_steps']} steps to reach HPT's best "
-            f"({pct(parity['hpt_best'])} at {parity['hpt_steps']} steps): ratio {parity['ratio']:.1f} "
-            "(point estimates; see the intervals in the table).")
+    else:
+        text = (f"Steps to parity: Target needed {parity['target_steps']} steps to reach HPT's best "
+                f"({pct(parity['hpt_best'])} at {parity['hpt_steps']} steps): ratio {parity['ratio']:.1f} "
+                "(point estimates; see the intervals in the table).")
+    return " ".join([text, *parity_caveats(parity)])
+
+
+def parity_caveats(parity: dict[str, Any]) -> list[str]:
+    """What the ratio does not say: HPT's best against the Base it started from, and against Target's last point."""
+    best, base, last = parity.get("best_row"), parity.get("base_row"), parity.get("target_last_row")
+    notes = []
+    if best is not None and base is not None:
+        if not differs(best["test"], interval(best), base["test"], interval(base)):
+            notes.append(f"HPT's best is within noise of the Base before any HPT step ({score_cell(base)}): the lead "
+                         "over Target is the Base's, and HPT itself added nothing measurable.")
+        elif best["test"] < base["test"]:
+            notes.append(f"HPT's best is below the Base before any HPT step ({score_cell(base)}), beyond noise: "
+                         "HPT lowered the Base's score.")
+    if parity["lower_bound"] and best is not None and last is not None and \
+            not differs(best["test"], interval(best), last["test"], interval(last)):
+        notes.append(f"Target's last point ({score_cell(last)}) is within noise of HPT's best, so the bound is not a "
+                     "clear lead.")
+    return notes
 
 
 def parity_sentences(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
