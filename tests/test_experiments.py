@@ -65,6 +65,18 @@ def test_experiments_share_stages_by_content(experiment_file: Path) -> None:
     assert len(set(v.result_id() for v in compare.values())) == 5
 
 
+def test_hpt_lr_changes_the_hpt_stages_only(experiment_file: Path) -> None:
+    config = load_experiment(experiment_file)
+    tuned = load_experiment(experiment_file, ["budgets.hpt_lr=0.01", "budgets.hpt_bn_lr=0.003"])
+    before, after = ({v.label: v for v in expand("compare", c)} for c in (config, tuned))
+    assert after["HPT"].stages[0].lr == 0.01 and after["HPT-BN"].stages[0].lr == 0.003
+    assert after["HPT"].stage_ids() != before["HPT"].stage_ids()
+    assert after["Target"].stage_ids() == before["Target"].stage_ids()  # Target keeps the stages' lr
+    assert after["Base"].result_id() == before["Base"].result_id()
+    with pytest.raises(HptError, match="budgets.hpt_lr must be a learning rate > 0"):
+        load_experiment(experiment_file, ["budgets.hpt_lr=0"])
+
+
 def test_augment_datasize_convergence_and_bases_expansions(experiment_file: Path, tmp_path: Path) -> None:
     config = load_experiment(experiment_file)
     augment = expand("augment", config)

@@ -36,12 +36,17 @@ class Budgets:
     target: int = 5000
     source: int = 500
     bn_stats: int = 100  # batches used to re-estimate BatchNorm statistics for the Base variant
+    hpt_lr: float | None = None  # lr of HPT's target stage (all weights, from a pretrained start); None: the stages'
     hpt_bn_lr: float | None = None  # HPT-BN's lr (the paper tried 0.003-0.1); None: the stages' lr
 
     def __post_init__(self) -> None:
         for name in ("hpt", "hpt_bn", "target", "source", "bn_stats"):
             if getattr(self, name) < 1:
                 raise HptError(f"budgets.{name} must be >= 1 step, got {getattr(self, name)}")
+        for name in ("hpt_lr", "hpt_bn_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise HptError(f"budgets.{name} must be a learning rate > 0 (or left out), got {value}")
 
 
 @dataclass

@@ -140,6 +140,8 @@ class _Builder:
     def hpt(self, experiment: str, label: str = "HPT", steps: int | None = None, data: str | None = None,
             start: BaseConfig | None = None, prefix: list[StageConfig] | None = None, **kw: Any) -> Variant:
         extra = kw.pop("stage_extra", {})
+        if self.config.budgets.hpt_lr is not None:
+            extra = {**extra, "lr": self.config.budgets.hpt_lr}
         stage = self.stage("target", data or self.target_data, steps or self.config.budgets.hpt, "all", **extra)
         return Variant(experiment, label, start or self.base(), [*(prefix or []), stage], **kw)
 
