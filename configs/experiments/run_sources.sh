@@ -15,7 +15,7 @@ for target in mnist4 pneumoniamnist fashionmnist mnist; do
   sources=()
   for s in mnist fashionmnist mnist4 pneumoniamnist; do [[ $s != "$target" ]] && sources+=("npz:$D/${FILE[$s]}.npz"); done
   run hpt rank-sources --base $BASE --target "npz:$D/${FILE[$target]}.npz" --base-data "npz:$D/cifar10_32.npz" \
-      --image-size 32 --out "runs/results/rank_$target" --json "${sources[@]}" > "runs/results/rank_$target.json"
+      --image-size 32 --out "runs/results/rank_$target" "${sources[@]}"   # writes rank_$target/ranking.json
   run hpt experiment sequential "configs/experiments/seq_$target.yaml"
 done
 echo ALL DONE

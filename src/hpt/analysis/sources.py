@@ -43,7 +43,8 @@ class Ranking:
 
     def recommendation(self) -> str:
         best = self.scores[0]
-        text = f"recommended source: {best.source} (closest to the target by {self.ranked_by})"
+        text = (f"recommended source: {best.source} (closest to the target by {self.ranked_by}); closeness is not a "
+                "measured gain: check that B+S+T beats B+T (no source) with `hpt experiment sequential`")
         if self.base_domain and self.base_domain["far"]:
             text += ("; warning: the target is far from the base's domain "
                      f"({self.base_domain['ratio']:.2f} of the distance to noise images), so HPT may not help: "
