@@ -268,10 +268,9 @@ def plot_similarity(path: Path, record: dict[str, Any]) -> None:
             ax.text(j, i, text, ha="center", va="center", fontsize=7,
                     color="black" if not np.isnan(value) and value > 0.6 else "white")
     ax.set_yticks(range(len(rows)), [row["layer"] for row in rows], fontsize=7)
-    ax.set_xticks(range(len(pairs)), [p["label"] for p in pairs], fontsize=7)
+    ax.set_xticks(range(len(pairs)), [f"{p['a']}\nvs\n{p['b']}" for p in pairs], fontsize=7)
     ax.set_xlabel("pair of backbones", fontsize=8)
-    legend = "\n".join(f"{i + 1}: {m['label']}" for i, m in enumerate(record["models"]))
-    ax.set_title(f"linear CKA on {record['images']} images\n{legend}", fontsize=7)
+    ax.set_title(f"linear CKA, layer by layer, on {record['images']} images", fontsize=8)
     fig.colorbar(image, ax=ax, fraction=0.08, pad=0.04)
     save_figure(fig, path)
 
