@@ -43,8 +43,8 @@ class StopDecision:
 
 
 def should_stop(history: list[tuple[int, float]], margin: float, patience: int, min_steps: int = 0) -> StopDecision:
-    """history: (step, score) of every probe so far. Stop when the last `patience` probes all failed to beat the
-    best earlier score by more than `margin`."""
+    """history: (step, score) of every probe so far, the start's (step 0) first when the stage began from step 0.
+    Stop when the last `patience` probes all failed to beat the best earlier score by more than `margin`."""
     if len(history) <= patience or history[-1][0] < min_steps:
         return StopDecision(False, "")
     best_before = max(score for _, score in history[:-patience])
@@ -52,8 +52,12 @@ def should_stop(history: list[tuple[int, float]], margin: float, patience: int, 
     if max(recent) > best_before + margin:
         return StopDecision(False, "")
     best_step, best = max(history[:-patience], key=lambda item: item[1])
-    return StopDecision(True, f"the probe has not gained more than {margin:.4g} over {best:.4f} (step {best_step}) "
-                              f"in the {patience} probes since")
+    reason = f"the probe has not gained more than {margin:.4g} over {best:.4f} (step {best_step}) in the {patience} " \
+             "probes since"
+    if best_step == 0:
+        reason += ("; its best is the start's (step 0): this stage has not improved on its starting checkpoint, "
+                   "which this probe scores at least as high")
+    return StopDecision(True, reason)
 
 
 @dataclass

@@ -304,6 +304,8 @@ def _train_ssl(
     if config.stop is not None:
         probe = OnlineProbe(config.stop, config.stop.data or config.data, info.device)
         probe.history = [tuple(item) for item in (state or {}).get("probe_history", [])]
+        if start_step == 0 and not probe.history:  # the start's score: a stage that never beats it is said so
+            log.info("%s step 0 (the start): convergence probe %.4f", config.name, probe.score(0, model.backbone))
     stopped: dict[str, Any] | None = None
     iterator = iter(loader)
     progress = tqdm(total=config.steps, initial=start_step, disable=not info.is_main or None, unit="step",
