@@ -154,6 +154,7 @@ def test_report_from_a_results_file_alone(tmp_path: Path) -> None:
     (tmp_path / "experiments").mkdir()
     (tmp_path / "experiments" / "convergence.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     text = build_report(tmp_path).read_text()
+    assert text.startswith(f"# {tmp_path.name}\n")  # no title given: the folder's name
     # HPT's best is 82% at 20 steps; Target never reaches it (81% at 40): the ratio is a lower bound of 2.
     assert "ratio > 2.0" in text
     assert (tmp_path / "figures" / "convergence_linear.png").exists()

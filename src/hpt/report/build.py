@@ -45,12 +45,12 @@ def read_rows(out: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def build_report(out: str | Path, title: str | None = None) -> Path:
-    """Write OUT/report.md, OUT/results.csv and OUT/figures/*.png; return the report's path."""
+    """Write OUT/report.md (titled `title`, or the folder's name), OUT/results.csv and OUT/figures/*.png."""
     out = Path(out)
     rows = read_rows(out)
     kinds = [k for k in ORDER if k in rows] + sorted(k for k in rows if k not in ORDER)
     _write_csv(out / "results.csv", [row for kind in kinds for row in rows[kind]])
-    lines = [f"# {title or 'HPT report'}", "",
+    lines = [f"# {title or out.resolve().name}", "",
              "Scores are test scores at the best validation score, in percent, with 95% bootstrap intervals over "
              "the test images. 'within noise' means the intervals overlap: such a difference is not evidence.", ""]
     for kind in kinds:
