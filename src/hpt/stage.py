@@ -30,6 +30,7 @@ from hpt.config import to_dict
 from hpt.data import channel_stats, make_loader, open_any, parse_data_spec
 from hpt.errors import HptError
 from hpt.convergence import OnlineProbe, StopConfig, should_stop
+from hpt.methods.collapse import CollapseWatch
 from hpt.methods import BYOL, BYOLConfig, MocoV2Config, SimCLRConfig, SSLMethod, build_method
 from hpt.metrics_log import MetricsLog, append_result
 from hpt.models import ResNet, SplitBatchNorm2d, load_backbone, save_backbone, weights_sha256
@@ -307,6 +308,7 @@ def _train_ssl(
         if start_step == 0 and not probe.history:  # the start's score: a stage that never beats it is said so
             log.info("%s step 0 (the start): convergence probe %.4f", config.name, probe.score(0, model.backbone))
     stopped: dict[str, Any] | None = None
+    collapse = CollapseWatch(config.name, warmup_steps=max(config.log_every, config.steps // 4))
     iterator = iter(loader)
     progress = tqdm(total=config.steps, initial=start_step, disable=not info.is_main or None, unit="step",
                     desc=config.name, dynamic_ncols=True)
@@ -341,16 +343,19 @@ def _train_ssl(
                 now = time.perf_counter()
                 rate = window_images / max(now - window_start, 1e-9)
                 window_start, window_images = now, 0
-                row = {"loss": loss_value, ACCURACY_COLUMN[config.method]: out.accuracy.item(), "lr": optimizer.param_groups[0]["lr"],
+                row = {"loss": loss_value, ACCURACY_COLUMN[config.method]: out.accuracy.item(),
+                       "embedding_spread": out.spread.item(), "lr": optimizer.param_groups[0]["lr"],
                        "images_per_s": rate}
+                if info.is_main:
+                    collapse.check(done, row["embedding_spread"])
                 if metrics is not None:
                     metrics.add(done, row)
                     progress.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{rate:.0f}")
                     if progress.disable:
                         eta = (config.steps - done) * config.batch_size / max(rate, 1e-9)
-                        log.info("%s step %d/%d loss %.4f acc %.3f lr %.4g %.0f img/s eta %.0fs", config.name,
-                                 done, config.steps, loss_value, row[ACCURACY_COLUMN[config.method]], row["lr"],
-                                 rate, eta)
+                        log.info("%s step %d/%d loss %.4f acc %.3f spread %.3f lr %.4g %.0f img/s eta %.0fs",
+                                 config.name, done, config.steps, loss_value, row[ACCURACY_COLUMN[config.method]],
+                                 row["embedding_spread"], row["lr"], rate, eta)
             progress.update(1)
             if probe is not None and config.stop is not None and done % config.stop.every == 0:
                 value = probe.score(done, model.backbone)
@@ -394,6 +399,7 @@ def _train_ssl(
         "steps_done": last_step,
         "steps_this_run": steps_run,
         "stopped_early": stopped,
+        "collapse": collapse.warning,  # None, or the first logged step whose embedding spread was below 0.1
         "resumed_from": start_step,
         "train_time_s": round(train_time, 3),
         "images_per_s": round(steps_run * config.batch_size / max(train_time, 1e-9), 2),

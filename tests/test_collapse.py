@@ -1,0 +1,51 @@
+"""Representation collapse: the spread measure, the one-time warning, and the stage's metrics and summary."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpt.config import from_dict
+from hpt.methods.collapse import CollapseWatch, embedding_spread
+from hpt.models import build_resnet
+from hpt.stage import StageConfig, run_stage
+
+from .helpers import TINY_STAGE
+
+
+def test_spread_is_one_for_spread_out_embeddings_and_zero_for_one_point() -> None:
+    torch.manual_seed(0)
+    spread_out = torch.randn(4096, 128)
+    assert embedding_spread(spread_out).item() == pytest.approx(1.0, abs=0.02)
+    one_point = torch.randn(1, 128).repeat(512, 1) + 1e-6 * torch.randn(512, 128)
+    assert embedding_spread(one_point).item() < 0.01
+    narrow_cone = torch.randn(1, 128) + 0.05 * torch.randn(512, 128)  # nearly the same direction
+    assert 0.01 < embedding_spread(narrow_cone).item() < 0.1
+
+
+def test_the_watch_warns_once_after_the_warmup_and_says_what_to_do(caplog: pytest.LogCaptureFixture) -> None:
+    watch = CollapseWatch("target", warmup_steps=100)
+    with caplog.at_level(logging.WARNING, logger="hpt"):
+        watch.check(50, 0.01)  # inside the warm-up: random weights start narrow
+        watch.check(100, 0.5)
+        watch.check(150, 0.02)
+        watch.check(200, 0.01)
+    assert watch.warning == {"step": 150, "spread": 0.02}
+    assert len(caplog.records) == 1 and "collapsed" in caplog.text and "Lower the lr" in caplog.text
+
+
+@pytest.mark.parametrize("method", ["mocov2", "simclr", "byol"])
+def test_a_stage_logs_the_spread_of_every_method(method: str, tiny_npz: Path, tmp_path: Path) -> None:
+    import csv
+
+    config = from_dict(StageConfig, {"name": "s", "data": f"npz:{tiny_npz}", "steps": 4, **TINY_STAGE,
+                                     "method": method})
+    result = run_stage(config, build_resnet("resnet18", small_stem=True, width=8), tmp_path)
+    with (tmp_path / "s" / "metrics.csv").open() as handle:
+        spreads = [float(row["embedding_spread"]) for row in csv.DictReader(handle)]
+    assert len(spreads) == 4 and all(0.0 <= value <= 1.5 for value in spreads)
+    warning = result.summary["collapse"]  # None, or the first logged step after the warm-up below the threshold
+    assert warning is None or (warning["step"] >= 1 and warning["spread"] < 0.1)
