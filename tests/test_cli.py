@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +182,16 @@ def test_error_raised_in_a_loader_worker_is_cut_to_its_message() -> None:
                        '  File "x.py", line 1, in f\n    raise HptError(...)\nhpt.errors.HptError: cannot decode a.png\n')
     assert _one_line(wrapped) == "cannot decode a.png"
     assert _one_line(HptError("plain message")) == "plain message"
+
+
+def test_pretrain_head_warmup_runs_and_a_bad_value_is_one_line(capsys: pytest.CaptureFixture[str], tiny_npz: Path,
+                                                                tmp_path: Path) -> None:
+    code, out, err = call(capsys, "pretrain", "--base", "random", "--data", f"npz:{tiny_npz}", "--steps", "3",
+                          "--out", str(tmp_path / "o"), *TINY, "--head-warmup-steps", "2")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "o" / "target" / "summary.json").read_text())
+    assert summary["config"]["head_warmup_steps"] == 2
+    code, out, err = call(capsys, "pretrain", "--base", "random", "--data", f"npz:{tiny_npz}", "--steps", "3",
+                          "--out", str(tmp_path / "p"), *TINY, "--head-warmup-steps", "3")
+    assert code != 0 and "head_warmup_steps must be >= 0 and below steps (3)" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

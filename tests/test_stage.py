@@ -156,3 +156,25 @@ def test_batchnorm_sync_on_one_process_trains_without_key_shuffle(tiny_npz: Path
     synced = run_stage(stage(tiny_npz, steps=2, batchnorm="sync"), tiny_backbone(), tmp_path / "b")
     assert synced.summary["bn_splits_per_process"] == 1 and shuffled.summary["bn_splits_per_process"] == 2
     assert synced.summary["backbone_sha256"] != shuffled.summary["backbone_sha256"]
+
+
+def test_head_warmup_keeps_the_backbone_then_trains_it(tiny_npz: Path, tmp_path: Path) -> None:
+    from hpt.models import load_backbone
+
+    backbone = tiny_backbone()
+    convs, bn_params, _ = split_state(backbone)
+    run_stage(stage(tiny_npz, head_warmup_steps=3, keep_backbones=[3], lr=0.5), backbone, tmp_path)
+    after_warmup = tiny_backbone()
+    load_backbone(after_warmup, tmp_path / "s" / "backbone-step3.safetensors")
+    convs_3, bn_params_3, _ = split_state(after_warmup)
+    assert all(torch.equal(convs[k], convs_3[k]) for k in convs)  # bit-identical through the warm-up
+    assert all(torch.equal(bn_params[k], bn_params_3[k]) for k in bn_params)
+    convs_end, _, _ = split_state(backbone)
+    assert any(not torch.equal(convs[k], convs_end[k]) for k in convs)  # step 4 trained it
+
+
+def test_head_warmup_is_validated_and_leaves_old_stage_ids_alone(tiny_npz: Path) -> None:
+    assert "head_warmup_steps" not in stage(tiny_npz).semantic()
+    assert stage(tiny_npz, head_warmup_steps=2).semantic()["head_warmup_steps"] == 2
+    with pytest.raises(HptError, match="head_warmup_steps must be >= 0 and below steps"):
+        stage(tiny_npz, head_warmup_steps=4)

@@ -75,6 +75,9 @@ class StageConfig:
     checkpoint_every: int = 200
     log_every: int = 10
     keep_backbones: list[int] = field(default_factory=list)  # also save backbone-step<N>.safetensors at these steps
+    # Train only the method's new head (backbone lr 0) for the first steps, so that gradients through a random head
+    # do not wreck a pretrained backbone; then every trainable weight, with fresh SGD momentum for the backbone.
+    head_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
@@ -85,11 +88,17 @@ class StageConfig:
             raise HptError(f"stage '{self.name}': batch_size must be > 0, got {self.batch_size}")
         if self.checkpoint_every <= 0 or self.log_every <= 0:
             raise HptError(f"stage '{self.name}': checkpoint_every and log_every must be > 0")
+        if not 0 <= self.head_warmup_steps < self.steps:
+            raise HptError(f"stage '{self.name}': head_warmup_steps must be >= 0 and below steps ({self.steps}), "
+                           f"got {self.head_warmup_steps}")
         self.data = parse_data_spec(self.data).describe()
 
     def semantic(self) -> dict[str, Any]:
         """The settings that determine the result (compared on resume and on re-runs)."""
-        return {k: v for k, v in to_dict(self).items() if k not in RUNTIME_KEYS}
+        settings = {k: v for k, v in to_dict(self).items() if k not in RUNTIME_KEYS}
+        if not self.head_warmup_steps:  # unset: the ids of runs made before the setting existed stay the same
+            settings.pop("head_warmup_steps")
+        return settings
 
 
 @dataclass
@@ -271,7 +280,16 @@ def _train_ssl(
         model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.query_parameters() if p.requires_grad]
     lr = config.lr * config.batch_size / config.lr_reference_batch
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=config.sgd_momentum, weight_decay=config.weight_decay)
+    if config.head_warmup_steps:  # two groups: the backbone's lr is 0 during the warm-up
+        in_backbone = {id(p) for p in model.backbone.parameters()}
+        groups: list[dict[str, Any]] = [
+            {"params": [p for p in params if id(p) in in_backbone], "is_backbone": True},
+            {"params": [p for p in params if id(p) not in in_backbone], "is_backbone": False}]
+        log.info("%s: head warm-up for %d steps (backbone lr 0), then all trainable weights", config.name,
+                 config.head_warmup_steps)
+    else:
+        groups = [{"params": params, "is_backbone": False}]
+    optimizer = torch.optim.SGD(groups, lr=lr, momentum=config.sgd_momentum, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(info.device.type, enabled=config.precision == "fp16")
     if state:
         model.load_state_dict(state["model"])
@@ -326,7 +344,11 @@ def _train_ssl(
                 im_q = im_q.contiguous(memory_format=torch.channels_last)
                 im_k = im_k.contiguous(memory_format=torch.channels_last)
             for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
+                warming = group.get("is_backbone") and step < config.head_warmup_steps
+                group["lr"] = 0.0 if warming else lr * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
+                if group.get("is_backbone") and step == config.head_warmup_steps:
+                    for param in group["params"]:  # no momentum carried over from the warm-up's gradients
+                        optimizer.state.pop(param, None)
             if isinstance(model, BYOL):
                 model.schedule_momentum(step, config.steps)
             with torch.autocast(info.device.type, dtype=autocast_dtype or torch.float32,
@@ -344,7 +366,7 @@ def _train_ssl(
                 rate = window_images / max(now - window_start, 1e-9)
                 window_start, window_images = now, 0
                 row = {"loss": loss_value, ACCURACY_COLUMN[config.method]: out.accuracy.item(),
-                       "embedding_spread": out.spread.item(), "lr": optimizer.param_groups[0]["lr"],
+                       "embedding_spread": out.spread.item(), "lr": optimizer.param_groups[-1]["lr"],
                        "images_per_s": rate}
                 if info.is_main:
                     collapse.check(done, row["embedding_spread"])
