@@ -65,7 +65,7 @@ def test_experiments_share_stages_by_content(experiment_file: Path) -> None:
     assert len(set(v.result_id() for v in compare.values())) == 5
 
 
-def test_hpt_lr_changes_the_hpt_stages_only(experiment_file: Path) -> None:
+def test_hpt_lr_and_head_warmup_change_the_hpt_stages_only(experiment_file: Path) -> None:
     config = load_experiment(experiment_file)
     tuned = load_experiment(experiment_file, ["budgets.hpt_lr=0.01", "budgets.hpt_bn_lr=0.003"])
     before, after = ({v.label: v for v in expand("compare", c)} for c in (config, tuned))
@@ -73,6 +73,9 @@ def test_hpt_lr_changes_the_hpt_stages_only(experiment_file: Path) -> None:
     assert after["HPT"].stage_ids() != before["HPT"].stage_ids()
     assert after["Target"].stage_ids() == before["Target"].stage_ids()  # Target keeps the stages' lr
     assert after["Base"].result_id() == before["Base"].result_id()
+    warm = {v.label: v for v in expand("compare", load_experiment(experiment_file, ["budgets.hpt_head_warmup=1"]))}
+    assert warm["HPT"].stages[0].head_warmup_steps == 1 and warm["HPT-BN"].stages[0].head_warmup_steps == 1
+    assert warm["Target"].stage_ids() == before["Target"].stage_ids()
     with pytest.raises(HptError, match="budgets.hpt_lr must be a learning rate > 0"):
         load_experiment(experiment_file, ["budgets.hpt_lr=0"])
 

@@ -38,6 +38,7 @@ class Budgets:
     bn_stats: int = 100  # batches used to re-estimate BatchNorm statistics for the Base variant
     hpt_lr: float | None = None  # lr of HPT's target stage (all weights, from a pretrained start); None: the stages'
     hpt_bn_lr: float | None = None  # HPT-BN's lr (the paper tried 0.003-0.1); None: the stages' lr
+    hpt_head_warmup: int = 0  # HPT's and HPT-BN's head_warmup_steps (the new head alone first); Target keeps 0
 
     def __post_init__(self) -> None:
         for name in ("hpt", "hpt_bn", "target", "source", "bn_stats"):

@@ -142,11 +142,15 @@ class _Builder:
         extra = kw.pop("stage_extra", {})
         if self.config.budgets.hpt_lr is not None:
             extra = {**extra, "lr": self.config.budgets.hpt_lr}
+        if self.config.budgets.hpt_head_warmup:
+            extra = {**extra, "head_warmup_steps": self.config.budgets.hpt_head_warmup}
         stage = self.stage("target", data or self.target_data, steps or self.config.budgets.hpt, "all", **extra)
         return Variant(experiment, label, start or self.base(), [*(prefix or []), stage], **kw)
 
     def hpt_bn(self, experiment: str, steps: int | None = None, data: str | None = None, **kw: Any) -> Variant:
-        stage = self.stage("target-bn", data or self.target_data, steps or self.config.budgets.hpt_bn, "bn")
+        warmup = self.config.budgets.hpt_head_warmup
+        extra = {"head_warmup_steps": warmup} if warmup else {}
+        stage = self.stage("target-bn", data or self.target_data, steps or self.config.budgets.hpt_bn, "bn", **extra)
         return Variant(experiment, "HPT-BN", self.base(), [stage], **kw)
 
     def target(self, experiment: str, steps: int | None = None, data: str | None = None, **kw: Any) -> Variant:
