@@ -3,11 +3,7 @@
 # the FashionMNIST comparison and convergence, the source ranking and sequential chains (issues 5 and 7), the
 # CKA / depth / stop analyses (issue 7), then the rest of issue 5 (MNIST, bases, data size, augmentation).
 # Re-running reuses every finished stage and evaluation.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-. .venv/bin/activate
-E=configs/experiments
-run() { echo "== $*"; /usr/bin/time -f "wall %e s, max RSS %M KB" "$@"; }
+. "$(dirname "$0")/common.sh"
 run hpt experiment compare     $E/fashion.yaml
 run hpt experiment convergence $E/fashion.yaml
 bash $E/run_sources.sh

@@ -3,19 +3,18 @@
 #   hpt run configs/base_cifar10.yaml --out runs/base_cifar10 --resume     (the base, with its 3k/6k checkpoints)
 #   python configs/build_demo_assets.py --base runs/base_cifar10/base/backbone.safetensors
 # Every command can be killed and re-run: finished stages and evaluations are reused.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-. .venv/bin/activate
-E=configs/experiments
-run() { echo "== $*"; /usr/bin/time -f "wall %e s, max RSS %M KB" "$@"; }
-run hpt experiment compare     $E/fashion.yaml
-run hpt experiment convergence $E/fashion.yaml
-run hpt experiment compare     $E/mnist.yaml
-run hpt experiment convergence $E/mnist.yaml
+#   bash configs/experiments/run_issue5.sh          fashion.yaml, mnist.yaml (lr 0.06, temperature 0.1)
+#   bash configs/experiments/run_issue5.sh _paper   fashion_paper.yaml, mnist_paper.yaml (the paper's HPT settings)
+. "$(dirname "$0")/common.sh"
+S=${1:-}
+run hpt experiment compare     $E/fashion$S.yaml
+run hpt experiment convergence $E/fashion$S.yaml
+run hpt experiment compare     $E/mnist$S.yaml
+run hpt experiment convergence $E/mnist$S.yaml
 # issue 5's sequential chains (mnist4 via MNIST, PneumoniaMNIST via FashionMNIST) run in run_sources.sh, among
 # the other candidate sources of issue 7's ranking validation
 # robustness studies at smaller budgets (HPT 50 steps, Target 200)
-run hpt experiment bases       $E/fashion.yaml budgets.hpt=50
-run hpt experiment datasize    $E/fashion.yaml budgets.hpt=50 budgets.hpt_bn=50 budgets.target=200
-run hpt experiment augment     $E/fashion.yaml budgets.hpt=50 budgets.target=200
+run hpt experiment bases       $E/fashion$S.yaml budgets.hpt=50
+run hpt experiment datasize    $E/fashion$S.yaml budgets.hpt=50 budgets.hpt_bn=50 budgets.target=200
+run hpt experiment augment     $E/fashion$S.yaml budgets.hpt=50 budgets.target=200
 echo ALL DONE

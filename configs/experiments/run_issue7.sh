@@ -1,13 +1,10 @@
 #!/usr/bin/env bash
 # Issue 7's CKA, depth probe and convergence stop with the shipped base, on FashionMNIST (docs/RESULTS.md).
 # Needs the compare runs of run_issue5.sh (the Base, HPT, HPT-BN and Target backbones); run from the repository root.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-. .venv/bin/activate
+. "$(dirname "$0")/common.sh"
 D=$(realpath ../shared/data)
 BASE=src/hpt/assets/base_cifar10_w16.safetensors
 OUT=runs/results/fashion
-run() { echo "== $*"; /usr/bin/time -f "wall %e s, max RSS %M KB" "$@"; }
 backbone() {  # the backbone of one compare variant, from the experiment's rows
   python -c "import json,sys; rows=[json.loads(l) for l in open('$OUT/experiments/compare.jsonl')]; \
 r=[r for r in rows if r['variant']=='$1'][0]; print('$OUT/'+r['eval_dir'].split('/eval/')[0]+'/'+r['stages'].split('(')[0].split(' -> ')[-1]+'/backbone.safetensors')"

@@ -3,13 +3,10 @@
 # sources, then run the sequential study (B, B+T, and B+S, B+S+T for every candidate source) and see whether the
 # top-ranked source gave the best B+S+T. Includes issue 5's two chains (mnist4 via MNIST, PneumoniaMNIST via
 # FashionMNIST). Run from the repository root after the steps named in run_issue5.sh; re-runs reuse finished work.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-. .venv/bin/activate
+. "$(dirname "$0")/common.sh"
 D=$(realpath ../shared/data)
 BASE=src/hpt/assets/base_cifar10_w16.safetensors
 declare -A FILE=([fashionmnist]=fashionmnist_28 [mnist]=mnist_28 [mnist4]=mnist4_multilabel_56 [pneumoniamnist]=pneumoniamnist_28)
-run() { echo "== $*"; /usr/bin/time -f "wall %e s, max RSS %M KB" "$@"; }
 mkdir -p runs/results
 for target in mnist4 pneumoniamnist fashionmnist mnist; do
   sources=()

@@ -30,7 +30,7 @@ from hpt.config import to_dict
 from hpt.data import channel_stats, make_loader, open_any, parse_data_spec
 from hpt.errors import HptError
 from hpt.convergence import OnlineProbe, StopConfig, should_stop
-from hpt.methods.collapse import CollapseWatch
+from hpt.methods.collapse import CollapseWatch, embedding_spread
 from hpt.methods import BYOL, BYOLConfig, MocoV2Config, SimCLRConfig, SSLMethod, build_method
 from hpt.metrics_log import MetricsLog, append_result
 from hpt.models import ResNet, SplitBatchNorm2d, load_backbone, save_backbone, weights_sha256
@@ -366,8 +366,8 @@ def _train_ssl(
                 rate = window_images / max(now - window_start, 1e-9)
                 window_start, window_images = now, 0
                 row = {"loss": loss_value, ACCURACY_COLUMN[config.method]: out.accuracy.item(),
-                       "embedding_spread": out.spread.item(), "lr": optimizer.param_groups[-1]["lr"],
-                       "images_per_s": rate}
+                       "embedding_spread": embedding_spread(out.embeddings).item(),
+                       "lr": optimizer.param_groups[-1]["lr"], "images_per_s": rate}
                 if info.is_main:
                     collapse.check(done, row["embedding_spread"])
                 if metrics is not None:

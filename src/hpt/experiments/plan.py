@@ -115,9 +115,14 @@ class _Builder:
             # A runtime setting (not part of the stage's id): any run may later serve as a convergence curve.
             settings["keep_backbones"] = [k for k in self.config.convergence_steps if k < steps]
         settings = deep_merge(settings, extra)
-        if train == "bn" and self.config.budgets.hpt_bn_lr is not None:
-            settings["lr"] = self.config.budgets.hpt_bn_lr
         return from_dict(StageConfig, settings, "stage")
+
+    def hpt_settings(self, lr: float | None) -> dict[str, Any]:
+        """HPT's and HPT-BN's own settings from the budgets (only what is set, so that stage ids stay put)."""
+        settings: dict[str, Any] = {"lr": lr} if lr is not None else {}
+        if self.config.budgets.hpt_head_warmup:
+            settings["head_warmup_steps"] = self.config.budgets.hpt_head_warmup
+        return settings
 
     def base(self, checkpoint: str | None = None) -> BaseConfig:
         return replace(self.config.base, checkpoint=checkpoint) if checkpoint else self.config.base
@@ -139,17 +144,12 @@ class _Builder:
 
     def hpt(self, experiment: str, label: str = "HPT", steps: int | None = None, data: str | None = None,
             start: BaseConfig | None = None, prefix: list[StageConfig] | None = None, **kw: Any) -> Variant:
-        extra = kw.pop("stage_extra", {})
-        if self.config.budgets.hpt_lr is not None:
-            extra = {**extra, "lr": self.config.budgets.hpt_lr}
-        if self.config.budgets.hpt_head_warmup:
-            extra = {**extra, "head_warmup_steps": self.config.budgets.hpt_head_warmup}
+        extra = {**kw.pop("stage_extra", {}), **self.hpt_settings(self.config.budgets.hpt_lr)}
         stage = self.stage("target", data or self.target_data, steps or self.config.budgets.hpt, "all", **extra)
         return Variant(experiment, label, start or self.base(), [*(prefix or []), stage], **kw)
 
     def hpt_bn(self, experiment: str, steps: int | None = None, data: str | None = None, **kw: Any) -> Variant:
-        warmup = self.config.budgets.hpt_head_warmup
-        extra = {"head_warmup_steps": warmup} if warmup else {}
+        extra = self.hpt_settings(self.config.budgets.hpt_bn_lr)
         stage = self.stage("target-bn", data or self.target_data, steps or self.config.budgets.hpt_bn, "bn", **extra)
         return Variant(experiment, "HPT-BN", self.base(), [stage], **kw)
 

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpt.errors import HptError
-from hpt.methods.collapse import embedding_spread
 from hpt.methods.mocov2 import MocoOutput
 from hpt.methods.simclr import MLPHead
 from hpt.models.resnet import ResNet
@@ -126,4 +125,4 @@ class BYOL(nn.Module):
         p1, p2 = F.normalize(p, dim=1).chunk(2, dim=0)
         cosine = torch.cat([(p1 * t2).sum(dim=1), (p2 * t1).sum(dim=1)])
         loss = (2.0 - 2.0 * cosine).mean()
-        return MocoOutput(loss=loss, accuracy=cosine.mean().detach(), spread=embedding_spread(p1))
+        return MocoOutput(loss=loss, accuracy=cosine.mean().detach(), embeddings=p1.detach())

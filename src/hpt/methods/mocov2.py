@@ -15,7 +15,6 @@ from torch import nn
 
 from hpt import distributed
 from hpt.errors import HptError
-from hpt.methods.collapse import embedding_spread
 from hpt.models.resnet import ResNet, SplitBatchNorm2d
 
 MAX_QUEUE = 65536
@@ -70,7 +69,7 @@ class ProjectionHead(nn.Sequential):
 class MocoOutput:
     loss: torch.Tensor
     accuracy: torch.Tensor  # fraction of queries whose positive key has the highest logit
-    spread: torch.Tensor  # of the batch's embeddings: ~1 well spread, 0 collapsed (methods/collapse.py)
+    embeddings: torch.Tensor  # detached, for the collapse watch at logged steps (methods/collapse.py)
 
 
 class MocoV2(nn.Module):
@@ -143,7 +142,7 @@ class MocoV2(nn.Module):
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(dim=1) == 0).float().mean().detach()
         self.enqueue(k)
-        return MocoOutput(loss=loss, accuracy=accuracy, spread=embedding_spread(q))
+        return MocoOutput(loss=loss, accuracy=accuracy, embeddings=q.detach())
 
 
 def _shuffle_across_ranks(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

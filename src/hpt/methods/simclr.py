@@ -18,7 +18,6 @@ from torch import nn
 
 from hpt import distributed
 from hpt.errors import HptError
-from hpt.methods.collapse import embedding_spread
 from hpt.methods.mocov2 import MocoOutput
 from hpt.models.resnet import ResNet
 from hpt.models.resnet import set_bn_splits as _set_bn_splits
@@ -150,4 +149,4 @@ class SimCLR(nn.Module):
         """NT-Xent loss of the two views; both go through the network as one batch (BatchNorm over all 2N)."""
         z1, z2 = self.embed(torch.cat([view1, view2], dim=0)).chunk(2, dim=0)
         loss, accuracy = nt_xent(z1, z2, self.config.temperature)
-        return MocoOutput(loss=loss, accuracy=accuracy, spread=embedding_spread(z1))
+        return MocoOutput(loss=loss, accuracy=accuracy, embeddings=z1.detach())
