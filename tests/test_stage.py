@@ -178,3 +178,41 @@ def test_head_warmup_is_validated_and_leaves_old_stage_ids_alone(tiny_npz: Path)
     assert stage(tiny_npz, head_warmup_steps=2).semantic()["head_warmup_steps"] == 2
     with pytest.raises(HptError, match="head_warmup_steps must be >= 0 and below steps"):
         stage(tiny_npz, head_warmup_steps=4)
+
+
+def _continued_run(data: Path, out: Path, **second: object):  # noqa: ANN202
+    raw = {
+        "base": {"checkpoint": "random", "arch": "resnet18", "small_stem": True, "width": 8},
+        "defaults": TINY_STAGE,
+        "stages": [{"name": "first", "data": f"npz:{data}", "steps": 2},
+                   {"name": "more", "data": f"npz:{data}", "steps": 2, "continue_method": True, **second}],
+    }
+    return run_hierarchy(parse_hierarchy(raw), out)
+
+
+def test_continue_method_starts_from_the_previous_stages_head_and_keeps_the_backbone(tiny_npz: Path,
+                                                                                     tmp_path: Path) -> None:
+    from hpt.resume import load_state
+
+    result = _continued_run(tiny_npz, tmp_path, lr=0.0)  # lr 0: the head stays what it was handed
+    first = load_state(tmp_path / "first" / "state")["model"]
+    more = load_state(tmp_path / "more" / "state")["model"]
+    head = [k for k in first if k.startswith("head.")]  # the query head (the key head moves with its momentum)
+    assert head and all(torch.equal(first[k], more[k]) for k in head)
+    assert result.stages[1].summary["config"]["continue_method"] is True
+    assert result.stages[1].summary["config"]["init_sha256"] == result.stages[0].summary["backbone_sha256"]
+    assert "continue_method" not in result.stages[0].summary["config"]  # unset: old stage ids unchanged
+
+
+def test_continue_method_refuses_what_it_cannot_continue(tiny_npz: Path, tmp_path: Path) -> None:
+    with pytest.raises(HptError, match="continue_method cannot load.*queue size differ"):
+        _continued_run(tiny_npz, tmp_path / "queue", moco={"queue_size": 32})
+    alone = stage(tiny_npz, continue_method=True)
+    with pytest.raises(HptError, match="needs a previous stage"):
+        run_stage(alone, tiny_backbone(), tmp_path / "alone")
+    raw = {"base": {"checkpoint": "random", "arch": "resnet18", "small_stem": True, "width": 8},
+           "defaults": TINY_STAGE,
+           "stages": [{"name": "stats", "data": f"npz:{tiny_npz}", "steps": 1, "train": "bn-stats"},
+                      {"name": "more", "data": f"npz:{tiny_npz}", "steps": 2, "continue_method": True}]}
+    with pytest.raises(HptError, match="holds none"):
+        run_hierarchy(parse_hierarchy(raw), tmp_path / "stats")

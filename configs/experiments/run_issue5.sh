@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 5's results on ../shared/data (docs/RESULTS.md), on 2 CPU cores: run from the repository root after
-#   hpt run configs/base_cifar10.yaml --out runs/base_cifar10 --resume     (the base, with its 3k/6k checkpoints)
+#   hpt run configs/base_cifar10.yaml --out runs/base_cifar10 --resume     (its stage `base`, with the 3k/6k checkpoints;
+#                                                                      stop it once `base_long` starts)
 #   python configs/build_demo_assets.py --base runs/base_cifar10/base/backbone.safetensors
 # Every command can be killed and re-run: finished stages and evaluations are reused.
 #   bash configs/experiments/run_issue5.sh          fashion.yaml, mnist.yaml (lr 0.06, temperature 0.1)

@@ -148,7 +148,8 @@ def run_hierarchy(config: HierarchyConfig, out_dir: str | Path | None = None, *,
     start = copy.deepcopy(backbone) if config.eval is not None and config.eval.start else None
     results = []
     for stage in config.stages:
-        results.append(run_stage(stage, backbone, out, resume=resume, info=info))
+        previous = results[-1].stage_dir if results else None
+        results.append(run_stage(stage, backbone, out, resume=resume, info=info, previous_stage_dir=previous))
     if config.eval is not None and info.is_main:
         _evaluate(config, out, start, results)
     return HierarchyResult(out, results, time.time() - started)

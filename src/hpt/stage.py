@@ -78,6 +78,9 @@ class StageConfig:
     # Train only the method's new head (backbone lr 0) for the first steps, so that gradients through a random head
     # do not wreck a pretrained backbone; then every trainable weight, with fresh SGD momentum for the backbone.
     head_warmup_steps: int = 0
+    # Start the method's head, key (or target) encoder and queue from the previous stage's final state instead of
+    # new ones: a longer run of the same method on the same kind of data, with a restarted learning-rate schedule.
+    continue_method: bool = False
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
@@ -96,8 +99,9 @@ class StageConfig:
     def semantic(self) -> dict[str, Any]:
         """The settings that determine the result (compared on resume and on re-runs)."""
         settings = {k: v for k, v in to_dict(self).items() if k not in RUNTIME_KEYS}
-        if not self.head_warmup_steps:  # unset: the ids of runs made before the setting existed stay the same
-            settings.pop("head_warmup_steps")
+        for key in ("head_warmup_steps", "continue_method"):  # unset: ids of runs made before they existed stay
+            if not settings[key]:
+                settings.pop(key)
         return settings
 
 
@@ -134,8 +138,12 @@ def run_stage(
     *,
     resume: bool = False,
     info: distributed.DistInfo | None = None,
+    previous_stage_dir: Path | None = None,
 ) -> StageResult:
-    """Run (or skip, if finished, or resume) one stage; `backbone` is updated in place and also saved."""
+    """Run (or skip, if finished, or resume) one stage; `backbone` is updated in place and also saved.
+
+    previous_stage_dir: the stage before this one, whose final method state `continue_method` starts from.
+    """
     info = info or distributed.init_distributed(config.device)
     stage_dir = Path(out_dir) / config.name
     summary_path = stage_dir / "summary.json"
@@ -163,7 +171,8 @@ def run_stage(
 
     started = time.time()
     if config.train in ("all", "bn"):
-        stats = _train_ssl(config, backbone, stage_dir, state, semantic, info)
+        continued = _previous_method_state(config, previous_stage_dir) if state is None else None
+        stats = _train_ssl(config, backbone, stage_dir, state, semantic, info, continued)
     elif config.train == "bn-stats":
         stats = _reestimate_bn(config, backbone, info)
     else:
@@ -255,8 +264,12 @@ def _train_ssl(
     state: dict[str, Any] | None,
     semantic: dict[str, Any],
     info: distributed.DistInfo,
+    continued: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Self-supervised training of the backbone (mode all or bn) for config.steps steps with config.method."""
+    """Self-supervised training of the backbone (mode all or bn) for config.steps steps with config.method.
+
+    continued: the previous stage's method state (continue_method) to start from instead of a new head and queue.
+    """
     per_rank = _per_rank_batch(config, info)
     start_step = int(state["step"]) if state else 0
     dataset, side, mean, std, loader = _prepare_data(config, info, per_rank, start_step)
@@ -291,6 +304,8 @@ def _train_ssl(
         groups = [{"params": params, "is_backbone": False}]
     optimizer = torch.optim.SGD(groups, lr=lr, momentum=config.sgd_momentum, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(info.device.type, enabled=config.precision == "fp16")
+    if continued is not None:
+        _load_continued(model, continued, backbone, config.name)
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -434,6 +449,41 @@ def _train_ssl(
         "num_images": len(dataset),
         "rank_checksums": checksums,
     }
+
+
+def _previous_method_state(config: StageConfig, previous_stage_dir: Path | None) -> dict[str, torch.Tensor] | None:
+    """The final method weights (head, key encoder, queue) of the previous stage, when continue_method asks."""
+    if not config.continue_method:
+        return None
+    if previous_stage_dir is None:
+        raise HptError(f"stage '{config.name}': continue_method needs a previous stage in the same run to continue; "
+                       "it cannot continue the base checkpoint (set continue_method: false)")
+    state = load_state(previous_stage_dir / "state")
+    if state is None:
+        raise HptError(f"stage '{config.name}': continue_method needs the final state of the previous stage, but "
+                       f"{previous_stage_dir / 'state'} holds none (it was not trained with SSL, or was deleted); "
+                       "set continue_method: false to start a new head and queue")
+    return state["model"]
+
+
+def _load_continued(model: SSLMethod, weights: dict[str, torch.Tensor], backbone: ResNet, name: str) -> None:
+    """Load the previous stage's method state around this stage's starting backbone, which must match its weights.
+
+    The backbone's BatchNorm statistics are kept as handed over (after DDP they are averaged over the ranks).
+    """
+    start = {key: value.detach().clone() for key, value in backbone.state_dict().items()}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise HptError(f"stage '{name}': continue_method cannot load the previous stage's method state ({first}); "
+                       "the method, its head or its queue size differ: keep them equal or set continue_method: "
+                       "false") from None
+    if any(not torch.equal(param.detach().cpu(), start[key].cpu()) for key, param in backbone.named_parameters()):
+        raise HptError(f"stage '{name}': the previous stage's saved state does not hold the backbone it finished "
+                       "with (was its folder changed after training?); set continue_method: false")
+    backbone.load_state_dict(start)
+    log.info("%s: continuing the previous stage's head, key encoder and queue", name)
 
 
 def restore_batchnorm(module: nn.Module) -> None:

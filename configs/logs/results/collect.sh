@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 R=runs/results; L=configs/logs/results
-for f in run_all.out chain2.out stop.out validate_ranking.txt; do [[ -f $R/$f ]] && cp $R/$f $L/; done
+for f in run_all.out run_paper.out chain2.out stop.out validate_ranking.txt; do [[ -f $R/$f ]] && cp $R/$f $L/; done
 cp $R/similarity/similarity.csv $L/similarity.csv
 cp $R/depth_fashion_base/depth.csv $L/depth_fashion_base.csv
 cp $R/depth_fashion_hpt/depth.csv $L/depth_fashion_hpt.csv
