@@ -138,7 +138,7 @@ def test_sync_batchnorm_converts_back_to_plain_batchnorm_with_the_same_state() -
     from torch import nn
 
     from hpt.models import SplitBatchNorm2d
-    from hpt.stage import restore_batchnorm
+    from hpt.stage_loop import restore_batchnorm
 
     model = tiny_backbone()
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -1,6 +1,8 @@
 """How often was the source `hpt rank-sources` put first the best one? Reads run_sources.sh's outputs.
 
-    python configs/experiments/validate_ranking.py [runs/results]
+    python configs/experiments/validate_ranking.py [runs/results] [_paper]
+
+The optional suffix picks the sequential studies of `run_sources.sh _paper` (runs/results/seq_<target>_paper).
 
 For each target: the ranking (Frechet distance of base features), the B+S+T score of every source with its
 interval, and whether the top-ranked source was the best beyond noise, within noise of the best (a best point
@@ -18,13 +20,13 @@ from hpt.experiments.plan import source_name
 from hpt.report.tables import interval, pct, score_cell
 
 
-def main(root: Path) -> None:
+def main(root: Path, suffix: str = "") -> None:
     counts = {"best": 0, "tied": 0, "beaten": 0}
     for ranking_file in sorted(root.glob("rank_*/ranking.json")):
         target = ranking_file.parent.name.removeprefix("rank_")
         ranking = json.loads(ranking_file.read_text())
         order = [source_name(s["source"]) for s in ranking["scores"]]
-        rows_file = root / f"seq_{target}" / "experiments" / "sequential.jsonl"
+        rows_file = root / f"seq_{target}{suffix}" / "experiments" / "sequential.jsonl"
         if not rows_file.exists():
             print(f"{target}: no sequential results yet ({rows_file})")
             continue
@@ -61,4 +63,4 @@ def main(root: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/results"))
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/results"), sys.argv[2] if len(sys.argv) > 2 else "")

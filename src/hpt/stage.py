@@ -1,7 +1,8 @@
-"""One pretraining stage: train modes (all / bn / bn-stats / none), the loop, precision, DDP, checkpoints, resume.
+"""One pretraining stage: its settings, its train modes (all / bn / bn-stats / none), reuse, resume and refusal.
 
 A stage starts from a backbone (the Base or the previous stage's), trains it on one data set with a fresh head and
-queue, and writes OUT/<stage>/: backbone.safetensors, state/ (resume), metrics.csv, config.yaml, summary.json.
+queue (or the previous stage's, with continue_method; the loop is in stage_loop.py), and writes OUT/<stage>/:
+backbone.safetensors, state/ (resume), metrics.csv, config.yaml, summary.json.
 summary.json is written last: its presence marks the stage finished, and a finished stage is never retrained.
 """
 
@@ -9,41 +10,35 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 import re
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
 from tqdm import tqdm
 
 from hpt import distributed
-from hpt.augment import AugmentConfig, EvalTransform, MocoAugment
+from hpt.atomic import atomic_write
+from hpt.augment import AugmentConfig, EvalTransform
 from hpt.config import to_dict
-from hpt.data import channel_stats, make_loader, open_any, parse_data_spec
+from hpt.convergence import StopConfig
+from hpt.data import parse_data_spec
 from hpt.errors import HptError
-from hpt.convergence import OnlineProbe, StopConfig, should_stop
-from hpt.methods.collapse import CollapseWatch, embedding_spread
-from hpt.methods import BYOL, BYOLConfig, MocoV2Config, SimCLRConfig, SSLMethod, build_method
-from hpt.metrics_log import MetricsLog, append_result
+from hpt.methods import BYOLConfig, MocoV2Config, SimCLRConfig
+from hpt.metrics_log import append_result
 from hpt.models import ResNet, SplitBatchNorm2d, load_backbone, save_backbone, weights_sha256
-from hpt.resume import atomic_write, load_state, rng_state, save_state, set_rng_state
+from hpt.resume import load_state
+from hpt.stage_loop import average_bn_statistics, per_rank_batch, prepare_data, set_trainable, train_ssl
 
 log = logging.getLogger("hpt")
 
 TrainMode = Literal["all", "bn", "bn-stats", "none"]
 #: Config keys that change how a stage runs but not what it computes; they may differ on resume.
 RUNTIME_KEYS = frozenset({"device", "workers", "checkpoint_every", "log_every", "keep_backbones", "compile"})
-FAULT_ENV = "HPT_FAULT_AFTER_STEP"
-#: metrics.csv's accuracy column: the positive key ranked first (MoCo, SimCLR); BYOL: mean cosine to the target
-ACCURACY_COLUMN = {"mocov2": "moco_acc", "simclr": "simclr_acc", "byol": "byol_cosine"}  # test hook: SIGKILL this process after the given step
 
 
 @dataclass
@@ -114,23 +109,6 @@ class StageResult:
     summary: dict[str, Any]
 
 
-def set_trainable(backbone: ResNet, mode: TrainMode) -> None:
-    """all: every parameter; bn: only BatchNorm affine parameters (conv weights frozen); others: nothing."""
-    for module in backbone.modules():
-        for param in module.parameters(recurse=False):
-            if mode == "all":
-                param.requires_grad_(True)
-            elif mode == "bn":
-                param.requires_grad_(isinstance(module, nn.BatchNorm2d))
-            else:
-                param.requires_grad_(False)
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """The seed of one step's random draws (augmentation, shuffle-BN): resumed runs repeat them exactly."""
-    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
-
-
 def run_stage(
     config: StageConfig,
     backbone: ResNet,
@@ -172,7 +150,7 @@ def run_stage(
     started = time.time()
     if config.train in ("all", "bn"):
         continued = _previous_method_state(config, previous_stage_dir) if state is None else None
-        stats = _train_ssl(config, backbone, stage_dir, state, semantic, info, continued)
+        stats = train_ssl(config, backbone, stage_dir, state, semantic, info, continued)
     elif config.train == "bn-stats":
         stats = _reestimate_bn(config, backbone, info)
     else:
@@ -228,229 +206,6 @@ def _check_same(saved: dict[str, Any], current: dict[str, Any], stage_dir: Path,
     )
 
 
-def _prepare_data(config: StageConfig, info: distributed.DistInfo, per_rank: int, start_step: int):  # noqa: ANN202
-    dataset = open_any(config.data)  # indexable data sets, or a WebDataset stream
-    height, width = dataset.image_size
-    side = config.augment.image_size or height
-    if height != width and config.augment.image_size is None:
-        raise HptError(f"images are {height}x{width}, not square; set augment.image_size (or size= in the data spec)")
-    mean, std = channel_stats(dataset)
-    loader = make_loader(
-        dataset, per_rank, seed=config.seed, start_step=start_step, rank=info.rank, world_size=info.world_size,
-        workers=config.workers, device_type=info.device.type,
-    )
-    return dataset, side, mean, std, loader
-
-
-def _per_rank_batch(config: StageConfig, info: distributed.DistInfo) -> int:
-    if config.batch_size % info.world_size:
-        raise HptError(
-            f"the global batch {config.batch_size} is not divisible by the {info.world_size} processes; "
-            "choose a batch_size that is a multiple of the world size"
-        )
-    return config.batch_size // info.world_size
-
-
-def _bn_splits(config: StageConfig, info: distributed.DistInfo, per_rank: int) -> int:
-    """BatchNorm groups per process: the configured groups per global batch, spread over the processes."""
-    wanted = max(1, config.moco.bn_splits // info.world_size)
-    return max(g for g in range(1, wanted + 1) if per_rank % g == 0)
-
-
-def _train_ssl(
-    config: StageConfig,
-    backbone: ResNet,
-    stage_dir: Path,
-    state: dict[str, Any] | None,
-    semantic: dict[str, Any],
-    info: distributed.DistInfo,
-    continued: dict[str, torch.Tensor] | None = None,
-) -> dict[str, Any]:
-    """Self-supervised training of the backbone (mode all or bn) for config.steps steps with config.method.
-
-    continued: the previous stage's method state (continue_method) to start from instead of a new head and queue.
-    """
-    per_rank = _per_rank_batch(config, info)
-    start_step = int(state["step"]) if state else 0
-    dataset, side, mean, std, loader = _prepare_data(config, info, per_rank, start_step)
-    set_trainable(backbone, config.train)  # before any DDP wrapping (the public code's flaw 2)
-    torch.manual_seed(config.seed)  # the new head and queue
-    model, queue_size, queue_reason = build_method(
-        config.method, backbone, moco=config.moco, simclr=config.simclr, byol=config.byol, steps=config.steps,
-        global_batch=config.batch_size, num_images=len(dataset))
-    model = model.to(info.device)
-    shuffle = config.batchnorm == "shuffle" and config.method == "mocov2"  # shuffle-BN is MoCo's
-    splits = _bn_splits(config, info, per_rank) if shuffle else 1
-    model.set_bn_splits(splits)
-    model.shuffle_keys = shuffle
-    sync_bn = config.batchnorm == "sync" and info.distributed
-    if sync_bn:
-        if info.device.type != "cuda":
-            raise HptError("batchnorm: sync needs CUDA GPUs (torch's SyncBatchNorm runs on GPUs only); "
-                           "use batchnorm: shuffle on CPU")
-        nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the BatchNorm layers in place
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    params = [p for p in model.query_parameters() if p.requires_grad]
-    lr = config.lr * config.batch_size / config.lr_reference_batch
-    if config.head_warmup_steps:  # two groups: the backbone's lr is 0 during the warm-up
-        in_backbone = {id(p) for p in model.backbone.parameters()}
-        groups: list[dict[str, Any]] = [
-            {"params": [p for p in params if id(p) in in_backbone], "is_backbone": True},
-            {"params": [p for p in params if id(p) not in in_backbone], "is_backbone": False}]
-        log.info("%s: head warm-up for %d steps (backbone lr 0), then all trainable weights", config.name,
-                 config.head_warmup_steps)
-    else:
-        groups = [{"params": params, "is_backbone": False}]
-    optimizer = torch.optim.SGD(groups, lr=lr, momentum=config.sgd_momentum, weight_decay=config.weight_decay)
-    scaler = torch.amp.GradScaler(info.device.type, enabled=config.precision == "fp16")
-    if continued is not None:
-        _load_continued(model, continued, backbone, config.name)
-    if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-    train_model: nn.Module = model
-    if info.distributed:
-        device_ids = [info.device.index] if info.device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    if config.compile:
-        train_model = torch.compile(train_model)  # type: ignore[assignment]
-    augment = MocoAugment(config.augment, mean, std, side).to(info.device)
-    model.train()
-
-    n_trainable = sum(p.numel() for p in params)
-    if info.is_main:
-        log.info(
-            "stage '%s': %s images of %s | mode %s (%s trainable parameters) | %d steps from step %d | "
-            "global batch %d = %d per process x %d | lr %.4g (= %.4g x %d/%d, linear scaling) | %s | "
-            "BatchNorm over %d groups per process | %s | %s on %s | augment: %s",
-            config.name, f"{len(dataset):,}", config.data, config.train, f"{n_trainable:,}", config.steps,
-            start_step, config.batch_size, per_rank, info.world_size, lr, config.lr, config.batch_size,
-            config.lr_reference_batch, queue_reason, splits, config.precision,
-            "channels_last" if config.channels_last else "contiguous", info.device, ",".join(config.augment.active),
-        )
-    metrics = MetricsLog(stage_dir, resume_step=start_step) if info.is_main else None
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
-    fault_step = int(os.environ.get(FAULT_ENV, "0"))
-    probe = None
-    if config.stop is not None:
-        probe = OnlineProbe(config.stop, config.stop.data or config.data, info.device)
-        probe.history = [tuple(item) for item in (state or {}).get("probe_history", [])]
-        if start_step == 0 and not probe.history:  # the start's score: a stage that never beats it is said so
-            log.info("%s step 0 (the start): convergence probe %.4f", config.name, probe.score(0, model.backbone))
-    stopped: dict[str, Any] | None = None
-    collapse = CollapseWatch(config.name, warmup_steps=max(config.log_every, config.steps // 4))
-    iterator = iter(loader)
-    progress = tqdm(total=config.steps, initial=start_step, disable=not info.is_main or None, unit="step",
-                    desc=config.name, dynamic_ncols=True)
-    loop_start = time.perf_counter()
-    window_start, window_images = loop_start, 0
-    loss_value = float("nan")
-    step = start_step
-    try:
-        for step in range(start_step, config.steps):
-            images, _ = next(iterator)
-            images = images.to(info.device, non_blocking=True)
-            torch.manual_seed(step_seed(config.seed, step, info.rank))
-            im_q, im_k = augment(images), augment(images)
-            if config.channels_last:
-                im_q = im_q.contiguous(memory_format=torch.channels_last)
-                im_k = im_k.contiguous(memory_format=torch.channels_last)
-            for group in optimizer.param_groups:
-                warming = group.get("is_backbone") and step < config.head_warmup_steps
-                group["lr"] = 0.0 if warming else lr * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
-                if group.get("is_backbone") and step == config.head_warmup_steps:
-                    for param in group["params"]:  # no momentum carried over from the warm-up's gradients
-                        optimizer.state.pop(param, None)
-            if isinstance(model, BYOL):
-                model.schedule_momentum(step, config.steps)
-            with torch.autocast(info.device.type, dtype=autocast_dtype or torch.float32,
-                                enabled=autocast_dtype is not None):
-                out = train_model(im_q, im_k)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(out.loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            done = step + 1
-            window_images += config.batch_size
-            if done % config.log_every == 0 or done == config.steps:
-                loss_value = out.loss.item()
-                now = time.perf_counter()
-                rate = window_images / max(now - window_start, 1e-9)
-                window_start, window_images = now, 0
-                row = {"loss": loss_value, ACCURACY_COLUMN[config.method]: out.accuracy.item(),
-                       "embedding_spread": embedding_spread(out.embeddings).item(),
-                       "lr": optimizer.param_groups[-1]["lr"], "images_per_s": rate}
-                if info.is_main:
-                    collapse.check(done, row["embedding_spread"])
-                if metrics is not None:
-                    metrics.add(done, row)
-                    progress.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{rate:.0f}")
-                    if progress.disable:
-                        eta = (config.steps - done) * config.batch_size / max(rate, 1e-9)
-                        log.info("%s step %d/%d loss %.4f acc %.3f spread %.3f lr %.4g %.0f img/s eta %.0fs",
-                                 config.name, done, config.steps, loss_value, row[ACCURACY_COLUMN[config.method]],
-                                 row["embedding_spread"], row["lr"], rate, eta)
-            progress.update(1)
-            if probe is not None and config.stop is not None and done % config.stop.every == 0:
-                value = probe.score(done, model.backbone)
-                decision = should_stop(probe.history, probe.margin(), config.stop.patience, config.stop.min_steps)
-                log.info("%s step %d: convergence probe %.4f%s", config.name, done, value,
-                         f"; stopping: {decision.reason}" if decision.stop else "")
-                if decision.stop:
-                    stopped = {"step": done, "reason": decision.reason, "steps_saved": config.steps - done,
-                               "probe_history": probe.history}
-            extra = {"probe_history": probe.history} if probe is not None else {}
-            if done % config.checkpoint_every == 0 or done == config.steps or stopped:
-                _save(stage_dir, model, optimizer, scaler, done, semantic, queue_size, info, extra)
-            if done in config.keep_backbones and info.is_main:
-                save_backbone(model.backbone, stage_dir / f"backbone-step{done}.safetensors",
-                              {"stage": config.name, "step": str(done), "data": config.data})
-            if fault_step and done == fault_step:
-                os.kill(os.getpid(), signal.SIGKILL)
-            if stopped:
-                break
-    except KeyboardInterrupt:
-        _save(stage_dir, model, optimizer, scaler, step, semantic, queue_size, info)
-        raise HptError(f"interrupted at step {step}; the state is saved in {stage_dir / 'state'}: "
-                       "run the same command with --resume to continue") from None
-    finally:
-        progress.close()
-        if metrics is not None:
-            metrics.close()
-    train_time = time.perf_counter() - loop_start
-    last_step = stopped["step"] if stopped else config.steps
-    steps_run = last_step - start_step
-    if sync_bn:  # plain (split) BatchNorm again in the backbones, for later stages and evaluation
-        for name in ("backbone", "backbone_k", "target_backbone"):
-            if hasattr(model, name):
-                restore_batchnorm(getattr(model, name))
-    if info.distributed:  # after the last forward each rank holds its own running statistics: average them
-        _average_bn_statistics(backbone)
-    checksums = distributed.all_gather_objects(weights_sha256(backbone))
-    if len(set(checksums)) != 1:
-        raise RuntimeError(f"the backbones differ between ranks after training: {checksums}")
-    return {
-        "steps_done": last_step,
-        "steps_this_run": steps_run,
-        "stopped_early": stopped,
-        "collapse": collapse.warning,  # None, or the first logged step whose embedding spread was below 0.1
-        "resumed_from": start_step,
-        "train_time_s": round(train_time, 3),
-        "images_per_s": round(steps_run * config.batch_size / max(train_time, 1e-9), 2),
-        "final_loss": loss_value,
-        "global_batch": config.batch_size,
-        "queue_size": queue_size,
-        "queue_reason": queue_reason,
-        "bn_splits_per_process": splits,
-        "lr": lr,
-        "num_images": len(dataset),
-        "rank_checksums": checksums,
-    }
-
-
 def _previous_method_state(config: StageConfig, previous_stage_dir: Path | None) -> dict[str, torch.Tensor] | None:
     """The final method weights (head, key encoder, queue) of the previous stage, when continue_method asks."""
     if not config.continue_method:
@@ -466,66 +221,11 @@ def _previous_method_state(config: StageConfig, previous_stage_dir: Path | None)
     return state["model"]
 
 
-def _load_continued(model: SSLMethod, weights: dict[str, torch.Tensor], backbone: ResNet, name: str) -> None:
-    """Load the previous stage's method state around this stage's starting backbone, which must match its weights.
-
-    The backbone's BatchNorm statistics are kept as handed over (after DDP they are averaged over the ranks).
-    """
-    start = {key: value.detach().clone() for key, value in backbone.state_dict().items()}
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise HptError(f"stage '{name}': continue_method cannot load the previous stage's method state ({first}); "
-                       "the method, its head or its queue size differ: keep them equal or set continue_method: "
-                       "false") from None
-    if any(not torch.equal(param.detach().cpu(), start[key].cpu()) for key, param in backbone.named_parameters()):
-        raise HptError(f"stage '{name}': the previous stage's saved state does not hold the backbone it finished "
-                       "with (was its folder changed after training?); set continue_method: false")
-    backbone.load_state_dict(start)
-    log.info("%s: continuing the previous stage's head, key encoder and queue", name)
-
-
-def restore_batchnorm(module: nn.Module) -> None:
-    """Replace every SyncBatchNorm below `module` by a SplitBatchNorm2d (one split) with the same state."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.SyncBatchNorm):
-            plain = SplitBatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum,
-                                     affine=child.affine, track_running_stats=child.track_running_stats)
-            plain.load_state_dict(child.state_dict())
-            plain.to(next(iter(child.state_dict().values())).device)
-            for p_new, p_old in zip(plain.parameters(), child.parameters(), strict=True):
-                p_new.requires_grad_(p_old.requires_grad)
-            plain.train(child.training)
-            setattr(module, name, plain)
-        else:
-            restore_batchnorm(child)
-
-
-def _average_bn_statistics(backbone: ResNet) -> None:
-    for module in backbone.modules():
-        if isinstance(module, nn.BatchNorm2d) and module.running_mean is not None:
-            distributed.all_reduce_mean_(module.running_mean)
-            distributed.all_reduce_mean_(module.running_var)
-
-
-def _save(stage_dir: Path, model: SSLMethod, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-          step: int, semantic: dict[str, Any], queue_size: int | None, info: distributed.DistInfo,
-          extra: dict[str, Any] | None = None) -> None:
-    if info.is_main:
-        save_state(stage_dir / "state", {
-            "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(), "rng": rng_state(), "semantic": semantic, "queue_size": queue_size,
-            **(extra or {}),
-        })
-    distributed.barrier()
-
-
 @torch.no_grad()
 def _reestimate_bn(config: StageConfig, backbone: ResNet, info: distributed.DistInfo) -> dict[str, Any]:
     """The paper's Base baseline: only BatchNorm running statistics, re-estimated on un-augmented target images."""
-    per_rank = _per_rank_batch(config, info)
-    dataset, side, mean, std, loader = _prepare_data(config, info, per_rank, 0)
+    per_rank = per_rank_batch(config, info)
+    dataset, side, mean, std, loader = prepare_data(config, info, per_rank, 0)
     transform = EvalTransform(mean, std, side).to(info.device)
     set_trainable(backbone, "none")
     backbone.to(info.device).train()
@@ -543,7 +243,7 @@ def _reestimate_bn(config: StageConfig, backbone: ResNet, info: distributed.Dist
         backbone.forward_features(transform(images.to(info.device)))
     for m, momentum in zip(norms, saved_momentum):
         m.momentum = momentum
-    _average_bn_statistics(backbone)
+    average_bn_statistics(backbone)
     backbone.eval()
     elapsed = time.perf_counter() - start
     log.info("stage '%s': BatchNorm statistics re-estimated over %d batches of %d images", config.name,
