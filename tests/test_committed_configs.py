@@ -1,0 +1,35 @@
+"""Every YAML file the repository ships validates, so a renamed setting cannot strand a committed config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpt.experiments.config import load_experiment
+from hpt.hierarchy import load_hierarchy
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted(ROOT.glob("configs/**/*.yaml")) + [ROOT / "src/hpt/assets/demo.yaml"]
+HIERARCHIES = [p for p in SHIPPED if "stages" in yaml.safe_load(p.read_text())]  # `hpt run` files
+EXPERIMENTS = [p for p in SHIPPED if p not in HIERARCHIES]  # `hpt experiment` files
+
+
+@pytest.mark.parametrize("path", HIERARCHIES, ids=lambda p: p.name)
+def test_committed_hierarchy_configs_validate(path: Path) -> None:
+    config = load_hierarchy(path)
+    assert config.stages
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_committed_experiment_configs_validate(path: Path) -> None:
+    config = load_experiment(path)
+    assert config.target and config.base.checkpoint
+
+
+def test_the_base_config_continues_its_first_stage() -> None:
+    base, more = load_hierarchy(ROOT / "configs/base_cifar10.yaml").stages
+    assert (base.name, base.steps, more.continue_method) == ("base", 12000, True)
+    same = {k: v for k, v in base.semantic().items() if k not in ("name", "steps")}
+    assert same == {k: v for k, v in more.semantic().items() if k not in ("name", "steps", "continue_method")}
