@@ -123,6 +123,10 @@ def test_linear_eval_writes_curve_results_and_keeps_the_backbone_unchanged(tiny_
     low, high = saved["interval"]
     assert low <= saved["test"] <= high
     assert saved["test"] == record["test"]
+    from hpt.eval.paired import unpack_outcomes
+
+    (correct,) = saved["test_correct"]  # one seed: which test images it got right, for paired comparisons
+    assert unpack_outcomes(correct, 16).mean() == saved["test"]
     rows = (tmp_path / "lin" / "curve.csv").read_text().splitlines()
     assert rows[0] == "seed,step,lr,val,test" and len(rows) == 4
     assert (tmp_path / "lin" / "curve.png").stat().st_size > 1000

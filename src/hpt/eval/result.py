@@ -9,6 +9,7 @@ import numpy as np
 
 from hpt.eval.curve import Curve
 from hpt.eval.metrics import Interval, bootstrap_interval, evaluate, standard_error_top1, summarize_seeds
+from hpt.eval.paired import pack_outcomes
 from hpt.eval.splits import LabelledSplits
 
 RESAMPLES = 1000
@@ -80,6 +81,9 @@ def summarize(protocol: str, runs: list[SeedRun], splits: LabelledSplits, *, set
     }
     if first.metric == "top1":
         record["standard_error"] = standard_error_top1(mean, len(labels))
+        # per seed, which test images were right: reports compare two backbones on the same images (eval.paired)
+        record["test_correct"] = [pack_outcomes(np.argmax(np.asarray(run.test_scores), axis=1) == labels)
+                                  for run in runs]
     return record
 
 

@@ -128,4 +128,5 @@ def _row(variant: Variant, record: dict[str, Any], pretrain_s: float) -> dict[st
         "result_id": variant.result_id(),
         "eval_dir": f"stages/{variant.result_id()}/eval/{variant.eval_name}",  # relative to OUT
         "backbone_sha256": record["backbone"]["weights_sha256"],
+        "test_correct": record.get("test_correct"),  # per seed, packed per-image outcomes (not in results.csv)
     }

@@ -52,7 +52,10 @@ def build_report(out: str | Path, title: str | None = None) -> Path:
     _write_csv(out / "results.csv", [row for kind in kinds for row in rows[kind]])
     lines = [f"# {title or out.resolve().name}", "",
              "Scores are test scores at the best validation score, in percent, with 95% bootstrap intervals over "
-             "the test images. 'within noise' means the intervals overlap: such a difference is not evidence.", ""]
+             "the test images. Two variants differ 'beyond noise' when the 95% bootstrap interval of their "
+             "difference, resampling the same test images for both (paired), excludes 0 - or, where per-image "
+             "outcomes are not kept (AUROC), when their own intervals do not overlap. A difference 'within noise' "
+             "is not evidence. These intervals cover the test images' sampling only, not a new training seed.", ""]
     for kind in kinds:
         lines += [f"## {TITLES.get(kind, kind)}", ""]
         lines.append(experiment_table(rows[kind]))

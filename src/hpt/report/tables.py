@@ -1,4 +1,8 @@
-"""Markdown tables of experiment rows: every score with its interval, and differences inside noise named as such."""
+"""Markdown tables of experiment rows: every score with its interval, and differences inside noise named as such.
+
+Two rows are told apart by the paired bootstrap interval of their difference over the same test images when both
+carry per-image outcomes (top-1), else by whether their own intervals overlap (AUROC, or rows from older runs).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from collections import defaultdict
 from typing import Any
 
 from hpt.eval.metrics import Interval, differs
+from hpt.eval.paired import mean_outcomes, paired_difference_interval
 
 
 def pct(value: float) -> str:
@@ -23,13 +28,29 @@ def interval(row: dict[str, Any]) -> Interval:
     return Interval(row["low"], row["high"])
 
 
+def paired_interval(a: dict[str, Any], b: dict[str, Any]) -> Interval | None:
+    """The bootstrap interval of a - b resampling the same test images for both; None without per-image outcomes."""
+    if not a.get("test_correct") or not b.get("test_correct") or a.get("test_images") != b.get("test_images"):
+        return None
+    n = int(a["test_images"])
+    return paired_difference_interval(mean_outcomes(a["test_correct"], n), mean_outcomes(b["test_correct"], n))
+
+
+def separated(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """True when a and b differ beyond the test set's noise (paired where possible, else intervals apart)."""
+    paired = paired_interval(a, b)
+    if paired is None:
+        return differs(a["test"], interval(a), b["test"], interval(b))
+    return paired.low > 0 or paired.high < 0
+
+
 def versus_best(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """'best', 'within noise of best' or 'below best' (intervals do not overlap)."""
+    """'best', 'within noise of best' or 'below best' (separated from the best beyond noise)."""
     best = max(rows, key=lambda r: r["test"])
     if row is best:
-        tied = [r for r in rows if r is not best and not differs(r["test"], interval(r), best["test"], interval(best))]
+        tied = [r for r in rows if r is not best and not separated(r, best)]
         return "best" + (f" (not separated from {', '.join(label(r) for r in tied)})" if tied else "")
-    return "below best" if differs(row["test"], interval(row), best["test"], interval(best)) else "within noise of best"
+    return "below best" if separated(row, best) else "within noise of best"
 
 
 def label(row: dict[str, Any]) -> str:
@@ -69,12 +90,20 @@ def pairwise_notes(rows: list[dict[str, Any]]) -> list[str]:
         suffix = mine[len("B+S+T"):] if mine.startswith("B+S+T") else ""
         for other in ("Base", "Target", "HPT-BN", "Random", "B", "B+T", f"B+S{suffix}"):
             if other in named and other != mine:
-                a, b = named[mine], named[other]
-                delta = 100 * (a["test"] - b["test"])
-                verdict = "beyond noise" if differs(a["test"], interval(a), b["test"], interval(b)) else \
-                    "within noise (intervals overlap)"
-                notes.append(f"- {mine} - {other}: {delta:+.1f} points, {verdict}")
+                notes.append(f"- {mine} - {other}: {difference_note(named[mine], named[other])}")
     return notes + ([""] if notes else [])
+
+
+def difference_note(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """'+1.2 points [+0.4, +2.0] paired over the same test images, beyond noise', or the overlap rule's words."""
+    delta = 100 * (a["test"] - b["test"])
+    paired = paired_interval(a, b)
+    if paired is None:
+        verdict = "beyond noise" if separated(a, b) else "within noise (intervals overlap)"
+        return f"{delta:+.1f} points, {verdict}"
+    verdict = "beyond noise" if separated(a, b) else "within noise (the interval holds 0)"
+    return (f"{delta:+.1f} points [{100 * paired.low:+.1f}, {100 * paired.high:+.1f}] paired over the same test "
+            f"images, {verdict}")
 
 
 def steps_to_parity(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -111,14 +140,14 @@ def parity_caveats(parity: dict[str, Any]) -> list[str]:
     best, base, last = parity.get("best_row"), parity.get("base_row"), parity.get("target_last_row")
     notes = []
     if best is not None and base is not None:
-        if not differs(best["test"], interval(best), base["test"], interval(base)):
+        if not separated(best, base):
             notes.append(f"HPT's best is within noise of the Base before any HPT step ({score_cell(base)}): the lead "
                          "over Target is the Base's, and HPT itself added nothing measurable.")
         elif best["test"] < base["test"]:
             notes.append(f"HPT's best is below the Base before any HPT step ({score_cell(base)}), beyond noise: "
                          "HPT lowered the Base's score.")
     if parity["lower_bound"] and best is not None and last is not None and \
-            not differs(best["test"], interval(best), last["test"], interval(last)):
+            not separated(best, last):
         notes.append(f"Target's last point ({score_cell(last)}) is within noise of HPT's best, so the bound is not a "
                      "clear lead.")
     return notes
