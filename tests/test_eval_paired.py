@@ -79,3 +79,44 @@ def test_a_top1_record_without_outcomes_is_evaluated_again(tmp_path) -> None:  #
     assert _finished(path, "abc", {"data": "x"}) is not None
     path.write_text(json.dumps({**record, "metric": "auroc"}))  # AUROC keeps no outcomes: reused as it is
     assert _finished(path, "abc", {"data": "x"}) is not None
+
+
+def _record(tmp_path, name: str, outcomes: np.ndarray, **changes: object):  # noqa: ANN001, ANN202
+    import json
+
+    score = float(outcomes.mean())
+    record = {"kind": "eval", "protocol": "linear", "metric": "top1", "data": "npz:t.npz", "test": score,
+              "interval": [score - 0.01, score + 0.01], "seeds": {"count": 1, "std": 0.0},
+              "splits": {"sizes": {"test": outcomes.size}}, "test_correct": [pack_outcomes(outcomes)], **changes}
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_eval_compare_reports_each_evaluation_against_the_first(tmp_path) -> None:  # noqa: ANN001
+    from hpt.report.evals import compare_evaluations
+
+    a, b = _correlated()
+    text = compare_evaluations([_record(tmp_path, "base", a), _record(tmp_path, "hpt", b)], ["Base", "HPT"])
+    assert "| Base | " in text and "| below best |" in text and text.count("| best |") == 1
+    assert "- HPT - Base: +1.0 points [+" in text and text.endswith("beyond noise")
+
+
+def test_eval_compare_refuses_other_test_sets_and_missing_records(tmp_path) -> None:  # noqa: ANN001
+    from hpt.cli import main
+    from hpt.report.evals import compare_evaluations
+
+    a, _ = _correlated()
+    first = _record(tmp_path, "a", a)
+    with pytest.raises(HptError, match="another test data than"):
+        compare_evaluations([first, _record(tmp_path, "b", a, data="npz:other.npz")])
+    with pytest.raises(HptError, match="scored on 100 test images"):
+        compare_evaluations([first, _record(tmp_path, "c", a[:100])])
+    with pytest.raises(HptError, match="no evaluation record at"):
+        compare_evaluations([first, tmp_path / "missing"])
+    with pytest.raises(HptError, match="2 names for 3 evaluations"):
+        compare_evaluations([first, first, first], ["x", "y"])
+    with pytest.raises(SystemExit) as exit_info:  # the CLI: one line, no traceback, non-zero exit
+        main(["eval", "compare", str(first), str(tmp_path / "missing")])
+    assert exit_info.value.code != 0

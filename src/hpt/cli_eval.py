@@ -118,3 +118,14 @@ def knn(backbone: str, data: str, arch: str | None, small_stem: bool | None, wid
     config = KnnConfig(k=k, temperature=temperature, image_size=image_size, device=device)
     model, splits = _prepare(backbone, data, arch, small_stem, width, 0, out)
     _emit(knn_eval(model, splits, config, out), as_json)
+
+
+@eval_group.command("compare")
+@click.argument("evaluations", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--name", "names", multiple=True, help="A name per evaluation, in order (default: its folder).")
+def compare(evaluations: tuple[Path, ...], names: tuple[str, ...]) -> None:
+    """Compare finished evaluations (results.json files or folders) on the same test images: each minus the first,
+    with the paired bootstrap interval of the difference."""
+    from hpt.report.evals import compare_evaluations
+
+    click.echo(compare_evaluations(list(evaluations), list(names)))

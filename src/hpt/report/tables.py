@@ -81,15 +81,16 @@ def experiment_table(rows: list[dict[str, Any]]) -> str:
 
 
 def pairwise_notes(rows: list[dict[str, Any]]) -> list[str]:
-    """HPT (or each B+S+T, or B+T) against each baseline present, in points, 'beyond noise' or 'within noise'."""
+    """HPT and HPT-BN (or each B+S+T, or B+T) against each baseline present, in points, beyond or within noise."""
     named = {label(r): r for r in rows}
-    ours = ["HPT"] if "HPT" in named else [k for k in named if k.startswith("B+S+T")] or \
+    ours = [k for k in ("HPT", "HPT-BN") if k in named] or [k for k in named if k.startswith("B+S+T")] or \
         (["B+T"] if "B+T" in named else [])
-    notes = []
+    notes, done = [], set()
     for mine in ours:
         suffix = mine[len("B+S+T"):] if mine.startswith("B+S+T") else ""
         for other in ("Base", "Target", "HPT-BN", "Random", "B", "B+T", f"B+S{suffix}"):
-            if other in named and other != mine:
+            if other in named and other != mine and frozenset((mine, other)) not in done:
+                done.add(frozenset((mine, other)))
                 notes.append(f"- {mine} - {other}: {difference_note(named[mine], named[other])}")
     return notes + ([""] if notes else [])
 
@@ -102,7 +103,7 @@ def difference_note(a: dict[str, Any], b: dict[str, Any]) -> str:
         verdict = "beyond noise" if separated(a, b) else "within noise (intervals overlap)"
         return f"{delta:+.1f} points, {verdict}"
     verdict = "beyond noise" if separated(a, b) else "within noise (the interval holds 0)"
-    return (f"{delta:+.1f} points [{100 * paired.low:+.1f}, {100 * paired.high:+.1f}] paired over the same test "
+    return (f"{delta:+.1f} points [{100 * paired.low:+.2f}, {100 * paired.high:+.2f}] paired over the same test "
             f"images, {verdict}")
 
 
