@@ -96,7 +96,7 @@ def depth(checkpoint: str, data: str, steps: int, lr: float, batch_size: int, ev
     """The linear protocol of `hpt eval linear` on features pooled after the stem and each of layer1..layer4.
 
     Prints the test score with its 95% interval per depth, the best depth, and which shallower depths are
-    within noise of it (intervals overlap)."""
+    within noise of it (paired over the same test images; intervals overlapping, for AUROC)."""
     from hpt.analysis.depth import depth_probe, depth_table
     from hpt.eval import LinearConfig, load_eval_backbone, load_splits
 

@@ -7,8 +7,8 @@ and 2/3, val selects the step, test reports) and summarised by :func:`hpt.eval.r
 bootstrap interval over the test images). The layer4 row is the ``hpt eval linear`` setting itself.
 
 "Best" is the depth with the highest val score (choosing a depth to truncate at is a selection, so test only
-reports); a depth is "within noise of best" when its test interval overlaps the best one's
-(:func:`hpt.eval.metrics.differs`).
+reports); a depth is "within noise of best" when the paired bootstrap interval of its difference to the best one over
+the same test images holds 0 (:mod:`hpt.eval.paired`; for AUROC: when their intervals overlap).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from hpt.eval.curve import save_figure, write_json
 from hpt.eval.features import EvalBackbone, eval_transform
 from hpt.eval.linear import LinearConfig, few_threads, train_linear_head
 from hpt.eval.metrics import Interval, differs
+from hpt.eval.paired import mean_outcomes, paired_difference_interval
 from hpt.eval.result import summarize
 from hpt.eval.splits import LabelledSplits
 
@@ -94,13 +95,14 @@ def depth_probe(backbone: EvalBackbone, splits: LabelledSplits, config: LinearCo
         rows.append({"depth": depth, "dim": int(train_x.shape[1]), "test": summary["test"],
                      "interval": summary["interval"], "val": float(np.mean([r.val for r in runs])),
                      "steps_selected": [r.step for r in runs], "seeds": summary["seeds"],
-                     "excluded_classes": summary["excluded_classes"]})
+                     "excluded_classes": summary["excluded_classes"],
+                     "test_correct": summary.get("test_correct")})
         log.info("depth %s: test %.4f [%.4f, %.4f]", depth, summary["test"], *summary["interval"])
     best = max(rows, key=lambda r: r["val"])  # chosen on val: test only reports (a truncation is a choice)
     best_index = rows.index(best)
     for row in rows:
         row["vs_best"] = "best" if row is best else (
-            "below best" if _differs(row, best) else "within noise of best")
+            "below best" if _differs(row, best, len(splits.test.labels)) else "within noise of best")
     shallower = [r["depth"] for r in rows[:best_index] if r["vs_best"] == "within noise of best"]
     record: dict[str, Any] = {
         "kind": "analysis",
@@ -124,7 +126,11 @@ def depth_probe(backbone: EvalBackbone, splits: LabelledSplits, config: LinearCo
     return record
 
 
-def _differs(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def _differs(a: dict[str, Any], b: dict[str, Any], n: int) -> bool:
+    """Beyond the test set's noise: paired over the same n test images (top-1), else intervals apart (AUROC)."""
+    if a.get("test_correct") and b.get("test_correct"):
+        paired = paired_difference_interval(mean_outcomes(a["test_correct"], n), mean_outcomes(b["test_correct"], n))
+        return paired.low > 0 or paired.high < 0
     return differs(a["test"], Interval(*a["interval"]), b["test"], Interval(*b["interval"]))
 
 
