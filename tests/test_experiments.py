@@ -270,3 +270,39 @@ def test_steps_to_parity_names_what_the_ratio_does_not_say(
     sentence = parity_sentence(steps_to_parity(rows))
     assert "Target did not reach HPT's best (80.0 at 25 steps) within 400 steps: ratio > 16.0." in sentence
     assert all(text in sentence for text in expected) and not any(text in sentence for text in absent)
+
+
+def test_pretraining_seeds_repeat_every_trained_variant_and_keep_seed_0s_runs(experiment_file: Path) -> None:
+    single = {v.label: v for v in expand("compare", load_experiment(experiment_file))}
+    seeded = expand("compare", load_experiment(experiment_file, ["seeds=[0,1]"]))
+    assert labels(seeded) == ["Random", "Base", "Base", "Target", "Target", "HPT", "HPT", "HPT-BN", "HPT-BN"]
+    hpt0, hpt1 = [v for v in seeded if v.label == "HPT"]
+    assert hpt0.stage_ids() == single["HPT"].stage_ids()  # seed 0: the runs made without `seeds`
+    assert hpt1.stage_ids() != hpt0.stage_ids() and hpt1.stages[0].seed == 1
+    with pytest.raises(HptError, match="seeds must be distinct integers"):
+        load_experiment(experiment_file, ["seeds=[1,1]"])
+
+
+def test_report_merges_pretraining_seeds_into_their_mean_and_spread(tmp_path: Path) -> None:
+    from hpt.eval.paired import pack_outcomes
+    from hpt.report.tables import merge_seeds
+
+    def row(variant: str, seed: int, correct: list[int]) -> dict:
+        score = sum(correct) / len(correct)
+        return {"experiment": "compare", "variant": variant, "series": variant, "x": None, "protocol": "linear",
+                "metric": "top1", "test": score, "low": score - 0.1, "high": score + 0.1, "seeds": 1,
+                "seed_std": 0.0, "test_images": 4, "pretrain_steps": 2, "images_seen": 8, "pretrain_wall_s": 1.0,
+                "eval_wall_s": 1.0, "stages": "s", "start": "x", "result_id": f"r{seed}", "backbone_sha256": "s",
+                "eval_dir": f"stages/r{seed}/eval/target",
+                "pretrain_seed": seed, "test_correct": [pack_outcomes(correct)]}
+
+    rows = [row("Base", 0, [1, 1, 0, 0]), row("HPT", 0, [1, 1, 1, 0]), row("HPT", 1, [1, 1, 1, 1])]
+    base, hpt = merge_seeds(rows)
+    assert base is rows[0]
+    assert hpt["test"] == 0.875 and hpt["seeds"] == 2 and hpt["pretrain_seed"] == [0, 1]
+    assert abs(hpt["seed_std"] - 0.1768) < 1e-3 and len(hpt["test_correct"]) == 2
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "compare.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = build_report(tmp_path).read_text()
+    assert "| HPT | 87.5 [77.5, 97.5] (sd 17.7 over 2 pretraining seeds) |" in text
+    assert (tmp_path / "results.csv").read_text().count("compare,HPT,") == 2  # every seed's row is kept

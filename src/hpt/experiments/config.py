@@ -73,6 +73,9 @@ class ExperimentConfig:
     # budgets.target runs at these steps (cheaper; points share one cosine schedule, so they are not the same).
     convergence_mode: Literal["budgets", "snapshots"] = "budgets"
     bases: dict[str, str] = field(default_factory=dict)  # label -> checkpoint, for the bases experiment
+    # Pretraining seeds: every variant that trains is run once per seed (seed 0 is the stages' own default, so its
+    # runs are the ones made without this setting); reports show the mean and the spread over the seeds.
+    seeds: list[int] = field(default_factory=lambda: [0])
 
     def __post_init__(self) -> None:
         for key in self.defaults:
@@ -88,6 +91,8 @@ class ExperimentConfig:
             raise HptError(f"fractions must lie in (0, 1], got {self.fractions}")
         if any(s < 1 for s in self.convergence_steps):
             raise HptError(f"convergence_steps must be >= 1, got {self.convergence_steps}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise HptError(f"seeds must be distinct integers >= 0 (pretraining seeds, e.g. [0, 1, 2]), got {self.seeds}")
         if isinstance(self.source, list) and not self.source:
             raise HptError("source is an empty list; give one data spec or a list of candidate sources")
 

@@ -98,8 +98,16 @@ def expand(kind: str, config: ExperimentConfig) -> list[Variant]:
     """The variants of one experiment kind."""
     if kind not in KINDS:
         raise HptError(f"unknown experiment '{kind}'; choose from {', '.join(KINDS)}")
-    return {"compare": _compare, "sequential": _sequential, "augment": _augment, "datasize": _datasize,
-            "convergence": _convergence, "bases": _bases}[kind](config)
+    variants = {"compare": _compare, "sequential": _sequential, "augment": _augment, "datasize": _datasize,
+                "convergence": _convergence, "bases": _bases}[kind](config)
+    if config.seeds == [0]:
+        return variants
+    return [_with_seed(v, seed) for v in variants for seed in (config.seeds if v.stages else config.seeds[:1])]
+
+
+def _with_seed(variant: Variant, seed: int) -> Variant:
+    """The variant with every stage run at pretraining seed `seed` (a seed of 0 leaves the stage ids as they are)."""
+    return replace(variant, stages=[replace(stage, seed=seed) for stage in variant.stages])
 
 
 class _Builder:

@@ -128,5 +128,6 @@ def _row(variant: Variant, record: dict[str, Any], pretrain_s: float) -> dict[st
         "result_id": variant.result_id(),
         "eval_dir": f"stages/{variant.result_id()}/eval/{variant.eval_name}",  # relative to OUT
         "backbone_sha256": record["backbone"]["weights_sha256"],
+        "pretrain_seed": variant.stages[-1].seed if variant.stages else None,
         "test_correct": record.get("test_correct"),  # per seed, packed per-image outcomes (not in results.csv)
     }

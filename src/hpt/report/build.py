@@ -13,7 +13,7 @@ from typing import Any
 
 from hpt.errors import HptError
 from hpt.report import figures
-from hpt.report.tables import experiment_table, parity_sentences
+from hpt.report.tables import experiment_table, merge_seeds, parity_sentences
 
 ORDER = ("compare", "sequential", "augment", "datasize", "convergence", "bases")
 TITLES = {
@@ -26,7 +26,7 @@ TITLES = {
 }
 CSV_FIELDS = ("experiment", "variant", "series", "x", "protocol", "metric", "test", "low", "high", "seeds",
               "seed_std", "test_images", "pretrain_steps", "images_seen", "pretrain_wall_s", "eval_wall_s", "stages",
-              "start", "result_id", "eval_dir", "backbone_sha256")
+              "start", "result_id", "eval_dir", "backbone_sha256", "pretrain_seed")
 
 
 def read_rows(out: Path) -> dict[str, list[dict[str, Any]]]:
@@ -57,12 +57,13 @@ def build_report(out: str | Path, title: str | None = None) -> Path:
              "outcomes are not kept (AUROC), when their own intervals do not overlap. A difference 'within noise' "
              "is not evidence. These intervals cover the test images' sampling only, not a new training seed.", ""]
     for kind in kinds:
+        merged = merge_seeds(rows[kind])  # results.csv keeps every seed's row; tables and figures their mean
         lines += [f"## {TITLES.get(kind, kind)}", ""]
-        lines.append(experiment_table(rows[kind]))
+        lines.append(experiment_table(merged))
         if kind == "convergence":
-            for protocol, sentence in parity_sentences(rows[kind]):
+            for protocol, sentence in parity_sentences(merged):
                 lines += [f"{protocol}: {sentence}", ""]
-        for figure in _figures(kind, rows[kind], out):
+        for figure in _figures(kind, merged, out):
             lines += [f"![{figure.stem}]({figure.relative_to(out).as_posix()})", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))

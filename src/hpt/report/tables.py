@@ -9,8 +9,35 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
+
 from hpt.eval.metrics import Interval, differs
 from hpt.eval.paired import mean_outcomes, paired_difference_interval
+
+
+def merge_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per variant, point and protocol: the mean over its pretraining seeds, with their spread (seed_std).
+
+    The bounds are the seeds' bounds averaged; the per-image outcomes of every seed are kept, so that paired
+    comparisons use the seed-averaged accuracy of each test image. Rows of one seed pass through unchanged.
+    """
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["variant"], str(row.get("x")), row["protocol"])].append(row)
+    merged = []
+    for group in groups.values():
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        tests = np.array([r["test"] for r in group])
+        outcomes = [o for r in group for o in (r.get("test_correct") or [])]
+        merged.append({**group[0], "test": float(tests.mean()), "low": float(np.mean([r["low"] for r in group])),
+                       "high": float(np.mean([r["high"] for r in group])), "seeds": len(group),
+                       "seed_std": float(tests.std(ddof=1)), "seed_kind": "pretraining",
+                       "pretrain_seed": [r.get("pretrain_seed") for r in group],
+                       "pretrain_wall_s": float(np.mean([r["pretrain_wall_s"] for r in group])),
+                       "test_correct": outcomes if all(r.get("test_correct") for r in group) else None})
+    return merged
 
 
 def pct(value: float) -> str:
@@ -20,7 +47,8 @@ def pct(value: float) -> str:
 def score_cell(row: dict[str, Any]) -> str:
     text = f"{pct(row['test'])} [{pct(row['low'])}, {pct(row['high'])}]"
     if row.get("seeds", 1) > 1:
-        text += f" (sd {pct(row['seed_std'])} over {row['seeds']} seeds)"
+        kind = f"{row['seed_kind']} " if row.get("seed_kind") else ""
+        text += f" (sd {pct(row['seed_std'])} over {row['seeds']} {kind}seeds)"
     return text
 
 
