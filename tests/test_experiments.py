@@ -106,6 +106,8 @@ def test_bad_experiment_files_are_refused(experiment_file: Path) -> None:
         parse_experiment({**raw, "budgetz": {}}, root)
     with pytest.raises(HptError, match="defaults.steps"):
         parse_experiment({**raw, "defaults": {"steps": 3}}, root)
+    with pytest.raises(HptError, match="defaults.continue_method is not a stage setting an experiment may set"):
+        parse_experiment({**raw, "defaults": {"continue_method": True}}, root)
     with pytest.raises(HptError, match="colour_jitter"):
         parse_experiment({**raw, "augment_levels": {"x": ["colour_jitter"]}}, root)
     with pytest.raises(HptError, match="source"):

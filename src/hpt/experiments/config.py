@@ -78,10 +78,11 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
 
     def __post_init__(self) -> None:
+        fixed = {"name", "data", "steps", "train", "continue_method"}  # set by the experiment for each variant
         for key in self.defaults:
-            if key not in STAGE_KEYS or key in ("name", "data", "steps", "train"):
+            if key not in STAGE_KEYS or key in fixed:
                 raise HptError(f"defaults.{key} is not a stage setting an experiment may set; valid: "
-                               f"{', '.join(sorted(STAGE_KEYS - {'name', 'data', 'steps', 'train'}))}")
+                               f"{', '.join(sorted(STAGE_KEYS - fixed))}")
         for level, removed in self.augment_levels.items():
             unknown = [a for a in removed if a not in AUGMENTATIONS]
             if unknown:
