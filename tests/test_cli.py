@@ -192,6 +192,10 @@ def test_pretrain_head_warmup_runs_and_a_bad_value_is_one_line(capsys: pytest.Ca
     summary = json.loads((tmp_path / "o" / "target" / "summary.json").read_text())
     assert summary["config"]["head_warmup_steps"] == 2
     code, out, err = call(capsys, "pretrain", "--base", "random", "--data", f"npz:{tiny_npz}", "--steps", "3",
+                          "--out", str(tmp_path / "w"), *TINY, "--lr-warmup-steps", "2")
+    assert code == 0, err
+    assert json.loads((tmp_path / "w" / "target" / "summary.json").read_text())["config"]["lr_warmup_steps"] == 2
+    code, out, err = call(capsys, "pretrain", "--base", "random", "--data", f"npz:{tiny_npz}", "--steps", "3",
                           "--out", str(tmp_path / "p"), *TINY, "--head-warmup-steps", "3")
     assert code != 0 and "head_warmup_steps must be >= 0 and below steps (3)" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1

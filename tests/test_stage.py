@@ -180,6 +180,32 @@ def test_head_warmup_is_validated_and_leaves_old_stage_ids_alone(tiny_npz: Path)
         stage(tiny_npz, head_warmup_steps=4)
 
 
+def test_scheduled_lr_warms_up_linearly_then_decays_by_cosine() -> None:
+    import math
+
+    from hpt.stage_loop import scheduled_lr
+
+    assert [scheduled_lr(0.1, s, 10, 4) for s in range(4)] == pytest.approx([0.025, 0.05, 0.075, 0.1])
+    assert scheduled_lr(0.1, 4, 10, 4) == pytest.approx(0.1)  # the cosine starts at the peak
+    assert scheduled_lr(0.1, 7, 10, 4) == pytest.approx(0.05)  # half-way through the remaining 6 steps
+    assert [scheduled_lr(0.1, s, 10) for s in range(10)] == pytest.approx(
+        [0.05 * (1 + math.cos(math.pi * s / 10)) for s in range(10)])  # no warm-up: the plain cosine
+
+
+def test_lr_warmup_is_logged_validated_and_leaves_old_stage_ids_alone(tiny_npz: Path, tmp_path: Path) -> None:
+    import csv
+
+    assert "lr_warmup_steps" not in stage(tiny_npz).semantic()
+    with pytest.raises(HptError, match="lr_warmup_steps must be >= 0 and below steps"):
+        stage(tiny_npz, lr_warmup_steps=4)
+    result = run_stage(stage(tiny_npz, lr_warmup_steps=2, lr=0.4), tiny_backbone(), tmp_path)
+    assert result.summary["config"]["lr_warmup_steps"] == 2
+    with open(tmp_path / "s" / "metrics.csv") as handle:
+        lrs = [float(row["lr"]) for row in csv.DictReader(handle)]
+    peak = 0.4 * 16 / 256  # linear scaling to the tiny batch of 16
+    assert lrs[:3] == pytest.approx([peak / 2, peak, peak]) and lrs[3] < peak
+
+
 def _continued_run(data: Path, out: Path, **second: object):  # noqa: ANN202
     raw = {
         "base": {"checkpoint": "random", "arch": "resnet18", "small_stem": True, "width": 8},

@@ -78,6 +78,8 @@ def cli(debug: bool, verbose: bool) -> None:
 @click.option("--head-warmup-steps", type=int, default=0, show_default=True,
               help="Train only the new head for the first N steps (backbone lr 0): keeps a random head from "
                    "wrecking a pretrained backbone.")
+@click.option("--lr-warmup-steps", type=int, default=0, show_default=True,
+              help="Raise the lr linearly from 0 over the first N steps, then cosine decay.")
 @click.option("--stop-when-converged", is_flag=True,
               help="Probe every --probe-every steps (kNN on labelled images); stop when it stops improving.")
 @click.option("--probe-data", default=None, help="Labelled data for the probe (default: --data, if labelled).")
@@ -89,7 +91,7 @@ def pretrain(base: str, data: str, steps: int, train_mode: str, arch: str | None
              width: int | None, out: Path, name: str, resume: bool, batch_size: int, lr: float, precision: str,
              channels_last: bool, device: str, image_size: int | None, remove_aug: tuple[str, ...],
              queue_size: int | None, workers: int | None, seed: int, checkpoint_every: int, method: str,
-             head_warmup_steps: int, stop_when_converged: bool,
+             head_warmup_steps: int, lr_warmup_steps: int, stop_when_converged: bool,
              probe_data: str | None, probe_every: int, probe_patience: int, probe_margin: float | None) -> None:
     """Pretrain one stage from --base on --data; writes OUT/NAME/backbone.safetensors."""
     from hpt.hierarchy import pretrain as run_pretrain
@@ -100,7 +102,7 @@ def pretrain(base: str, data: str, steps: int, train_mode: str, arch: str | None
         base, data, steps, out=out, name=name, train=train_mode, arch=arch, small_stem=small_stem, width=width,
         resume=resume, batch_size=batch_size, lr=lr, precision=precision, channels_last=channels_last,
         device=device, seed=seed, workers=workers, checkpoint_every=checkpoint_every, moco=moco, method=method,
-        head_warmup_steps=head_warmup_steps, augment={"image_size": image_size, "remove": list(remove_aug)},
+        head_warmup_steps=head_warmup_steps, lr_warmup_steps=lr_warmup_steps, augment={"image_size": image_size, "remove": list(remove_aug)},
         stop={"data": probe_data, "every": probe_every, "patience": probe_patience, "margin": probe_margin}
         if stop_when_converged else None,
     )

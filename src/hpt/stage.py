@@ -73,6 +73,9 @@ class StageConfig:
     # Train only the method's new head (backbone lr 0) for the first steps, so that gradients through a random head
     # do not wreck a pretrained backbone; then every trainable weight, with fresh SGD momentum for the backbone.
     head_warmup_steps: int = 0
+    # Raise the learning rate linearly from 0 over the first steps, then the cosine decay over the rest (the warm-up
+    # of MoCo v3 / SimCLR): a new head meets the full lr only once it has learned something.
+    lr_warmup_steps: int = 0
     # Start the method's head, key (or target) encoder and queue from the previous stage's final state instead of
     # new ones: a longer run of the same method on the same kind of data, with a restarted learning-rate schedule.
     continue_method: bool = False
@@ -89,12 +92,15 @@ class StageConfig:
         if not 0 <= self.head_warmup_steps < self.steps:
             raise HptError(f"stage '{self.name}': head_warmup_steps must be >= 0 and below steps ({self.steps}), "
                            f"got {self.head_warmup_steps}")
+        if not 0 <= self.lr_warmup_steps < self.steps:
+            raise HptError(f"stage '{self.name}': lr_warmup_steps must be >= 0 and below steps ({self.steps}), "
+                           f"got {self.lr_warmup_steps}")
         self.data = parse_data_spec(self.data).describe()
 
     def semantic(self) -> dict[str, Any]:
         """The settings that determine the result (compared on resume and on re-runs)."""
         settings = {k: v for k, v in to_dict(self).items() if k not in RUNTIME_KEYS}
-        for key in ("head_warmup_steps", "continue_method"):  # unset: ids of runs made before they existed stay
+        for key in ("head_warmup_steps", "lr_warmup_steps", "continue_method"):  # unset: ids of runs made before they existed stay
             if not settings[key]:
                 settings.pop(key)
         return settings

@@ -188,7 +188,7 @@ def train_ssl(
                 im_k = im_k.contiguous(memory_format=torch.channels_last)
             for group in optimizer.param_groups:
                 warming = group.get("is_backbone") and step < config.head_warmup_steps
-                group["lr"] = 0.0 if warming else lr * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
+                group["lr"] = 0.0 if warming else scheduled_lr(lr, step, config.steps, config.lr_warmup_steps)
                 if group.get("is_backbone") and step == config.head_warmup_steps:
                     for param in group["params"]:  # no momentum carried over from the warm-up's gradients
                         optimizer.state.pop(param, None)
@@ -309,6 +309,13 @@ def _save(stage_dir: Path, model: SSLMethod, optimizer: torch.optim.Optimizer, s
             **(extra or {}),
         })
     distributed.barrier()
+
+
+def scheduled_lr(peak: float, step: int, steps: int, warmup_steps: int = 0) -> float:
+    """The lr of optimizer step `step` (0-based): linear warm-up to `peak`, then cosine decay to 0 at `steps`."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    return peak * 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / (steps - warmup_steps)))
 
 
 def restore_batchnorm(module: nn.Module) -> None:
