@@ -28,8 +28,12 @@ def test_committed_experiment_configs_validate(path: Path) -> None:
     assert config.target and config.base.checkpoint
 
 
-def test_the_base_config_continues_its_first_stage() -> None:
-    base, more = load_hierarchy(ROOT / "configs/base_cifar10.yaml").stages
-    assert (base.name, base.steps, more.continue_method) == ("base", 12000, True)
-    same = {k: v for k, v in base.semantic().items() if k not in ("name", "steps")}
-    assert same == {k: v for k, v in more.semantic().items() if k not in ("name", "steps", "continue_method")}
+def test_base_long_continues_the_base_with_its_recipe() -> None:
+    (base,) = load_hierarchy(ROOT / "configs/base_cifar10.yaml").stages
+    longer = load_hierarchy(ROOT / "configs/base_cifar10_long.yaml")
+    (more,) = longer.stages
+    assert base.name == "base" and more.lr_warmup_steps > 0 and not more.continue_method
+    skip = ("name", "steps", "lr_warmup_steps", "seed")
+    assert {k: v for k, v in base.semantic().items() if k not in skip} == {
+        k: v for k, v in more.semantic().items() if k not in skip}
+    assert Path(longer.base.checkpoint).is_file()  # the output of `base`, kept in git

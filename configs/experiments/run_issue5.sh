@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 5's results on ../shared/data (docs/RESULTS.md), on 2 CPU cores: run from the repository root after
-#   hpt run configs/base_cifar10.yaml --out runs/base_cifar10 --resume     (its stage `base`, with the 3k/6k checkpoints;
-#                                                                      stop it once `base_long` starts)
-#   python configs/build_demo_assets.py --base runs/base_cifar10/base/backbone.safetensors
+#   hpt run configs/base_cifar10_long.yaml --out runs/base_cifar10_long --resume   (the bases study uses its backbones;
+#                                       configs/logs/base_long/keep.sh restore brings them back in a new work tree)
+#   python configs/build_demo_assets.py --base runs/base_cifar10_long/base_long/backbone.safetensors   (the shipped base)
 # Every command can be killed and re-run: finished stages and evaluations are reused.
 #   bash configs/experiments/run_issue5.sh          fashion.yaml, mnist.yaml (lr 0.06, temperature 0.1)
 #   bash configs/experiments/run_issue5.sh _paper   fashion_paper.yaml, mnist_paper.yaml (the paper's HPT settings)
