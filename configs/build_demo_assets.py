@@ -1,11 +1,12 @@
 """Rebuild the files `hpt demo` ships in src/hpt/assets/ from ../shared/data and a finished base run.
 
-    python configs/build_demo_assets.py --data ../shared/data --base runs/base_cifar10/base/backbone.safetensors
+    python configs/build_demo_assets.py --data ../shared/data --base configs/logs/base_cifar10_backbone.safetensors
 
 - fashion_demo.npz: a stratified FashionMNIST subset (500 train and 100 val images per class, seeded) and
   the whole 5,000-image test split, so that the demo's scores carry intervals of about +-1 point.
-- base_cifar10_w16.safetensors: the backbone of `hpt run configs/base_cifar10.yaml` (copied, checked to be a
-  ResNet-18 at width 16 with the small-image stem).
+- base_cifar10_w16.safetensors: the backbone of `hpt run configs/base_cifar10.yaml` (kept in git as
+  configs/logs/base_cifar10_backbone.safetensors), or of configs/base_cifar10_long.yaml once it is finished and
+  measured (copied, checked to be a ResNet-18 at width 16 with the small-image stem).
 """
 
 from __future__ import annotations
