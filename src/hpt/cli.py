@@ -102,7 +102,8 @@ def pretrain(base: str, data: str, steps: int, train_mode: str, arch: str | None
         base, data, steps, out=out, name=name, train=train_mode, arch=arch, small_stem=small_stem, width=width,
         resume=resume, batch_size=batch_size, lr=lr, precision=precision, channels_last=channels_last,
         device=device, seed=seed, workers=workers, checkpoint_every=checkpoint_every, moco=moco, method=method,
-        head_warmup_steps=head_warmup_steps, lr_warmup_steps=lr_warmup_steps, augment={"image_size": image_size, "remove": list(remove_aug)},
+        head_warmup_steps=head_warmup_steps, lr_warmup_steps=lr_warmup_steps,
+        augment={"image_size": image_size, "remove": list(remove_aug)},
         stop={"data": probe_data, "every": probe_every, "patience": probe_patience, "margin": probe_margin}
         if stop_when_converged else None,
     )

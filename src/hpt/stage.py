@@ -100,7 +100,8 @@ class StageConfig:
     def semantic(self) -> dict[str, Any]:
         """The settings that determine the result (compared on resume and on re-runs)."""
         settings = {k: v for k, v in to_dict(self).items() if k not in RUNTIME_KEYS}
-        for key in ("head_warmup_steps", "lr_warmup_steps", "continue_method"):  # unset: ids of runs made before they existed stay
+        # unset: the ids of runs made before these settings existed stay the same
+        for key in ("head_warmup_steps", "lr_warmup_steps", "continue_method"):
             if not settings[key]:
                 settings.pop(key)
         return settings
