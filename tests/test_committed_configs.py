@@ -11,7 +11,9 @@ from hpt.experiments.config import load_experiment
 from hpt.hierarchy import load_hierarchy
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = sorted(ROOT.glob("configs/**/*.yaml")) + [ROOT / "src/hpt/assets/demo.yaml"]
+LOGS = ROOT / "configs/logs"  # records of runs (a stage's resolved config.yaml), not files to run
+SHIPPED = sorted(p for p in ROOT.glob("configs/**/*.yaml") if LOGS not in p.parents) + [
+    ROOT / "src/hpt/assets/demo.yaml"]
 HIERARCHIES = [p for p in SHIPPED if "stages" in yaml.safe_load(p.read_text())]  # `hpt run` files
 EXPERIMENTS = [p for p in SHIPPED if p not in HIERARCHIES]  # `hpt experiment` files
 
