@@ -17,7 +17,7 @@ case "${1:-}" in
     cp "$RUN/config.yaml" "$KEEP/config.yaml"
     cp runs/base_long.out "$KEEP/base_long.log"
     for f in "$RUN"/backbone*.safetensors "$RUN"/summary.json; do [[ -f $f ]] && cp "$f" "$KEEP/"; done
-    echo "saved step $(tail -n 1 "$KEEP/metrics.csv" | cut -d, -f1) to $KEEP" ;;
+    echo "saved to $KEEP: metrics to step $(tail -n 1 "$KEEP/metrics.csv" | cut -d, -f1), resume state at the checkpoint before (every 100 steps)" ;;
   restore)
     if [[ -e $RUN/state/last.pt ]]; then echo "$RUN already holds a resume state; nothing restored" >&2; exit 1; fi
     mkdir -p "$RUN/state"
