@@ -10,10 +10,10 @@
 #   hpt run configs/base_cifar10_long.yaml --out runs/base_cifar10_long --resume >> runs/base_long.out 2>&1
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-OUT=runs/base_cifar10_long; LOG=configs/logs/base_long/base_long.log
+STAGES=(base_long base_longer); OUT=runs/base_cifar10_long; LOG=configs/logs/base_long/base_long.log
 case "${1:-}" in
   save)
-    for s in base_long base_longer; do
+    for s in "${STAGES[@]}"; do
       RUN=$OUT/$s; KEEP=configs/logs/$s
       [[ -f $RUN/state/last.pt ]] || continue
       mkdir -p "$KEEP"
@@ -23,7 +23,7 @@ case "${1:-}" in
     done
     cp runs/base_long.out "$LOG" ;;
   restore)
-    for s in base_long base_longer; do
+    for s in "${STAGES[@]}"; do
       RUN=$OUT/$s; KEEP=configs/logs/$s
       [[ -f $KEEP/last.pt ]] || continue
       if [[ -e $RUN/state/last.pt ]]; then echo "$RUN already holds a resume state; not restored" >&2; continue; fi
