@@ -206,3 +206,28 @@ def test_resnet_with_splits_trains() -> None:
     out = model(torch.randn(4, 3, 16, 16))
     out.sum().backward()
     assert model.conv1.weight.grad is not None
+
+
+@pytest.mark.parametrize(("arch", "small_stem"), [("resnet18", True), ("resnet50", False)])
+def test_inference_copy_folds_every_bn_and_keeps_outputs(arch: str, small_stem: bool) -> None:
+    from hpt.models.inference import inference_copy
+
+    torch.manual_seed(0)
+    model = build_resnet(arch, small_stem=small_stem, width=8)
+    for m in model.modules():  # statistics and affine parameters far from the identity, as after training
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.2, 3.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    model.train()
+    before = copy.deepcopy(model.state_dict())
+    x = torch.randn(4, 3, 40, 40)
+    fused = inference_copy(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    with torch.no_grad():
+        expected = model.eval()(x)
+        got = fused(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    model.train()
+    assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

@@ -19,9 +19,10 @@ from hpt.data import ImageDataset, channel_stats
 from hpt.errors import HptError
 from hpt.eval.splits import LabelledSplits, SplitView
 from hpt.models import ResNet, build_backbone, weights_sha256
+from hpt.models.inference import inference_copy
 
 log = logging.getLogger("hpt")
-FEATURES_VERSION = 1  # bump when extraction changes, to invalidate cached features
+FEATURES_VERSION = 2  # bump when extraction changes, to invalidate cached features
 
 
 @dataclass
@@ -72,15 +73,17 @@ def check_unchanged(before: dict[str, torch.Tensor], model: torch.nn.Module) -> 
 @torch.no_grad()
 def extract_features(model: ResNet, view: SplitView, transform: EvalTransform, device: torch.device,
                      batch_size: int = 256) -> np.ndarray:
-    """Globally pooled features (N, D) float32 of a split, BatchNorm in eval mode, in the view's order."""
-    was_training = model.training
-    model.eval().to(device)
+    """Globally pooled features (N, D) float32 of a split, BatchNorm in eval mode, in the view's order.
+
+    Runs a copy of the model with BatchNorm folded into its convolutions (channels_last): the model itself is
+    left untouched."""
+    fused = inference_copy(model.to(device))
     transform = transform.to(device)
     out = []
     for start in range(0, len(view), batch_size):
         images, _ = view.get_batch(np.arange(start, min(start + batch_size, len(view))))
-        out.append(model(transform(images.to(device))).float().cpu())
-    model.train(was_training)
+        x = transform(images.to(device)).contiguous(memory_format=torch.channels_last)
+        out.append(fused(x).float().cpu())
     if not out:
         return np.zeros((0, model.feature_dim), np.float32)
     return torch.cat(out).numpy()
