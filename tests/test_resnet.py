@@ -228,6 +228,7 @@ def test_inference_copy_folds_every_bn_and_keeps_outputs(arch: str, small_stem: 
     with torch.no_grad():
         expected = model.eval()(x)
         got = fused(x.contiguous(memory_format=torch.channels_last))
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    # folding reorders float32 arithmetic: compare against the output's own scale, not a fixed 1e-5
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
     model.train()
     assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
