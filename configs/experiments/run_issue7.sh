@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Issue 7's CKA, depth probe and convergence stop with the shipped base, on FashionMNIST (docs/RESULTS.md).
+# Issue 7's CKA, depth probe and convergence stop with the 12,000-step CIFAR-10 base, on FashionMNIST (docs/RESULTS.md).
 # Needs the compare runs of run_issue5.sh (the Base, HPT, HPT-BN and Target backbones); run from the repository root.
 . "$(dirname "$0")/common.sh"
 D=$(realpath ../shared/data)
-BASE=src/hpt/assets/base_cifar10_w16.safetensors
+BASE=configs/logs/base_cifar10_backbone.safetensors   # the 12,000-step base their recorded results used (shipped until session 10)
 OUT=runs/results/fashion
 backbone() {  # the backbone of one compare variant, from the experiment's rows
   python -c "import json,sys; rows=[json.loads(l) for l in open('$OUT/experiments/compare.jsonl')]; \
