@@ -3,7 +3,6 @@
 # Needs the compare runs of run_issue5.sh (the Base, HPT, HPT-BN and Target backbones); run from the repository root.
 . "$(dirname "$0")/common.sh"
 D=$(realpath ../shared/data)
-BASE=configs/logs/base_cifar10_backbone.safetensors   # the 12,000-step base their recorded results used (shipped until session 10)
 OUT=runs/results/fashion
 backbone() {  # the backbone of one compare variant, from the experiment's rows
   python -c "import json,sys; rows=[json.loads(l) for l in open('$OUT/experiments/compare.jsonl')]; \

@@ -4,7 +4,6 @@
 # protocol on the full test set. Writes runs/results/resolution/<backbone>_<size>/results.json; re-runs reuse them.
 . "$(dirname "$0")/common.sh"
 D=$(realpath ../shared/data)
-BASE=configs/logs/base_cifar10_backbone.safetensors   # the 12,000-step base their recorded results used (shipped until session 10)
 for size in 28 32 56 84; do
   for backbone in base random; do
     out=runs/results/resolution/${backbone}_$size

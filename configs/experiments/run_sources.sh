@@ -12,7 +12,6 @@ SETTINGS=()
 [[ $S == _paper ]] && SETTINGS=(defaults.lr=0.03 defaults.moco.temperature=0.2)
 [[ -n $S && $S != _paper ]] && { echo "unknown suffix '$S' (use _paper or nothing)" >&2; exit 2; }
 D=$(realpath ../shared/data)
-BASE=configs/logs/base_cifar10_backbone.safetensors   # the 12,000-step base their recorded results used (shipped until session 10)
 declare -A FILE=([fashionmnist]=fashionmnist_28 [mnist]=mnist_28 [mnist4]=mnist4_multilabel_56 [pneumoniamnist]=pneumoniamnist_28)
 mkdir -p runs/results
 for target in mnist4 pneumoniamnist fashionmnist mnist; do
