@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hpt.data import DataSpec, parse_data_spec
+from hpt.data import DataSpec, moved_data, parse_data_spec
 from hpt.errors import HptError
 
 
@@ -116,3 +116,18 @@ def test_mapping_without_path() -> None:
 
 def test_windows_drive_is_not_a_kind() -> None:
     assert parse_data_spec(r"C:\data\x.npz").path == Path(r"C:\data\x.npz")
+
+
+def test_moved_data_needs_the_same_name_and_options_and_the_old_place_gone(tmp_path: Path) -> None:
+    (tmp_path / "new").mkdir()
+    gone, here = tmp_path / "old" / "x.npz", tmp_path / "new" / "x.npz"
+    here.write_bytes(b"")
+    assert moved_data(f"npz:{gone}?split=val", f"npz:{here}?split=val")
+    assert not moved_data(f"npz:{gone}?split=val", f"npz:{here}?split=test")  # other options: other data
+    assert not moved_data(f"npz:{gone}", f"npz:{tmp_path / 'new' / 'y.npz'}")  # another name
+    assert not moved_data(f"npz:{here}", f"npz:{here}")  # not moved at all
+    assert not moved_data(f"npz:{here}", f"npz:{tmp_path / 'x.npz'}")  # the old one still exists
+    shards = "shard-{000..009}.tar"
+    assert moved_data(f"wds:{tmp_path / 'old' / shards}", f"wds:{tmp_path / 'new' / shards}")
+    assert not moved_data(f"wds:{tmp_path / 'new' / shards}", f"wds:{tmp_path / shards}")
+    assert not moved_data("npz:", f"npz:{here}")  # an unreadable spec is not the same data

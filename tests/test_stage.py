@@ -242,3 +242,25 @@ def test_continue_method_refuses_what_it_cannot_continue(tiny_npz: Path, tmp_pat
                       {"name": "more", "data": f"npz:{tiny_npz}", "steps": 2, "continue_method": True}]}
     with pytest.raises(HptError, match="holds none"):
         run_hierarchy(parse_hierarchy(raw), tmp_path / "stats")
+
+
+def test_moved_data_is_the_same_data_but_another_existing_file_is_not(tiny_npz: Path, tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    import shutil
+
+    first_home, second_home, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    first_home.mkdir(), second_home.mkdir()
+    data = first_home / "target.npz"
+    shutil.copy(tiny_npz, data)
+    first = run_stage(stage(data), tiny_backbone(), out)
+    shutil.copy(data, second_home / "target.npz")  # a copy elsewhere while the original still exists: not the same
+    with pytest.raises(HptError, match="other settings.*data: "):
+        run_stage(stage(second_home / "target.npz"), tiny_backbone(), out)
+    data.unlink()  # now the data has moved
+    with caplog.at_level("WARNING", logger="hpt"):
+        again = run_stage(stage(second_home / "target.npz"), tiny_backbone(), out)
+    assert again.skipped and again.summary["backbone_sha256"] == first.summary["backbone_sha256"]
+    assert "no longer exists" in caplog.text
+    shutil.copy(second_home / "target.npz", second_home / "other.npz")
+    with pytest.raises(HptError, match="other settings.*data: "):  # another name is another data set
+        run_stage(stage(second_home / "other.npz"), tiny_backbone(), out)

@@ -26,7 +26,7 @@ from hpt.atomic import atomic_write
 from hpt.augment import AugmentConfig, EvalTransform
 from hpt.config import to_dict
 from hpt.convergence import StopConfig
-from hpt.data import parse_data_spec
+from hpt.data import moved_data, parse_data_spec
 from hpt.errors import HptError
 from hpt.methods import BYOLConfig, MocoV2Config, SimCLRConfig
 from hpt.metrics_log import append_result
@@ -198,9 +198,14 @@ def _check_same(saved: dict[str, Any], current: dict[str, Any], stage_dir: Path,
     """Refuse to resume or reuse a stage whose result-determining settings changed.
 
     Keys on one side only (settings added by a newer hpt) are not compared, so an upgrade does not strand runs.
+    Data that was moved (the same file name in another folder, the old one gone) is the same data.
     """
     old, new = _flatten(saved), _flatten(current)
     changed = sorted(k for k in set(old) & set(new) if old[k] != new[k])
+    if "data" in changed and moved_data(old["data"], new["data"]):
+        log.warning("stage in %s: its data %s no longer exists; taking %s, which has the same name, as that data "
+                    "moved", stage_dir, old["data"], new["data"])
+        changed.remove("data")
     if not changed:
         return
     details = "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed[:5] if k != "init_sha256")

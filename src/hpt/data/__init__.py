@@ -14,7 +14,7 @@ from hpt.data.folder import FolderDataset
 from hpt.data.loader import (AnyDataset, StepBatchSampler, batch_loader, loader_defaults, make_eval_loader,
                              make_loader)
 from hpt.data.npy import NpyDataset, npz_to_npy_dir
-from hpt.data.spec import KINDS, DataSpec, parse_data_spec
+from hpt.data.spec import KINDS, DataSpec, moved_data, parse_data_spec
 from hpt.data.stats import channel_stats
 from hpt.data.wds import WdsDataset
 from hpt.data.wdsindex import expand_braces
@@ -23,8 +23,8 @@ from hpt.errors import HptError
 __all__ = [
     "KINDS", "STREAM_KINDS", "AnyDataset", "CsvDataset", "DataSpec", "FolderDataset", "ImageDataset", "NpyDataset",
     "NpzDataset", "StepBatchSampler", "WdsDataset", "batch_loader", "channel_stats", "expand_braces",
-    "loader_defaults", "make_eval_loader", "make_loader", "npz_to_npy_dir", "open_any", "open_dataset",
-    "open_stream", "parse_data_spec",
+    "loader_defaults", "make_eval_loader", "make_loader", "moved_data", "npz_to_npy_dir", "open_any",
+    "open_dataset", "open_stream", "parse_data_spec",
 ]
 
 STREAM_KINDS: tuple[str, ...] = ("wds",)  # read as a stream (WdsDataset), not by index

@@ -101,6 +101,25 @@ def parse_data_spec(spec: str | Path | Mapping[str, Any] | DataSpec) -> DataSpec
     )
 
 
+def moved_data(old: str, new: str) -> bool:
+    """True when spec `new` names the same data as `old`, moved: only the folder of its path (and csv root)
+    differs, the file or folder name is the same, and `old`'s location no longer exists.
+
+    Lets a run that was copied or moved to another machine or checkout resume, while a spec that names another,
+    still existing data set is still told apart.
+    """
+    try:
+        before, after = parse_data_spec(old), parse_data_spec(new)
+    except HptError:
+        return False
+    if before == after or before.path.name != after.path.name:
+        return False
+    if dataclasses.replace(before, path=after.path, root=after.root) != after:
+        return False
+    gone = before.path.parent if before.kind == "wds" else before.path  # a wds path is a shard pattern
+    return not gone.exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # parsing
 
