@@ -33,11 +33,12 @@ def test_committed_experiment_configs_validate(path: Path) -> None:
 def test_base_long_continues_the_base_with_its_recipe() -> None:
     (base,) = load_hierarchy(ROOT / "configs/base_cifar10.yaml").stages
     longer = load_hierarchy(ROOT / "configs/base_cifar10_long.yaml")
-    more, further = longer.stages
+    more, *further = longer.stages
     assert base.name == "base" and more.lr_warmup_steps > 0 and not more.continue_method
-    assert further.continue_method  # base_longer continues base_long's head, key encoder and queue
+    assert further and all(s.continue_method for s in further)  # each continues the head, key encoder and queue
+    assert len({s.seed for s in longer.stages}) == len(longer.stages)  # other batches and augmentations each time
     skip = ("name", "steps", "lr_warmup_steps", "seed", "continue_method")
     recipe = {k: v for k, v in base.semantic().items() if k not in skip}
-    assert recipe == {k: v for k, v in more.semantic().items() if k not in skip}
-    assert recipe == {k: v for k, v in further.semantic().items() if k not in skip}
+    for continued in (more, *further):
+        assert recipe == {k: v for k, v in continued.semantic().items() if k not in skip}
     assert Path(longer.base.checkpoint).is_file()  # the output of `base`, kept in git
