@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -249,6 +251,51 @@ def test_a_shared_stages_dir_trains_a_source_once_for_two_targets(experiment_fil
     assert rows1[0]["backbone_sha256"] != rows2[0]["backbone_sha256"]  # B: statistics of each target
     text = build_report(root / "out1").read_text()
     assert "- B+S+T - B+T:" in text and "- B+S+T - B+S:" in text
+
+
+def _move_all(root: Path, into: str) -> Path:
+    """Move everything under `root` into `root/into`, as a user moves a checkout with its data and runs."""
+    moved = root / into
+    moved.mkdir()
+    for child in list(root.iterdir()):
+        if child != moved:
+            shutil.move(str(child), str(moved / child.name))
+    return moved
+
+
+def test_a_moved_experiment_reuses_its_runs_and_evaluations(
+        experiment_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = experiment_file.parent
+    first = run_experiment("sequential", load_experiment(experiment_file), root / "out")
+    files = sorted(p.relative_to(root) for p in (root / "out").rglob("*") if p.is_file()
+                   and p.suffix in (".safetensors", ".json") and "experiments" not in p.parts)
+    stamps = {p: (root / p).stat().st_mtime_ns for p in files}
+    stage_dirs = sorted(p.name for p in (root / "out" / "stages").iterdir())
+    moved = _move_all(root, "elsewhere")
+    config = load_experiment(moved / "experiment.yaml")
+    assert str(moved) in config.target  # the data specs name the new place, so the stage ids are new ones
+    assert not {v.result_id() for v in expand("sequential", config)} & {r["result_id"] for r in first.rows}
+    with caplog.at_level(logging.WARNING, logger="hpt"):
+        again = run_experiment("sequential", config, moved / "out")
+    assert {p: (moved / p).stat().st_mtime_ns for p in files} == stamps  # nothing trained or evaluated again
+    assert sorted(p.name for p in (moved / "out" / "stages").iterdir()) == stage_dirs
+    assert [r["test"] for r in again.rows] == [r["test"] for r in first.rows]
+    assert [r["result_id"] for r in again.rows] == [r["result_id"] for r in first.rows]
+    assert "before its data moved" in caplog.text and "has the same name" in caplog.text
+
+
+def test_a_copied_experiment_whose_old_data_still_exists_trains_anew(experiment_file: Path) -> None:
+    root = experiment_file.parent
+    run_experiment("compare", load_experiment(experiment_file), root / "out")
+    copy = root / "copy"
+    copy.mkdir()
+    for name in ("experiment.yaml", "base.safetensors", "target.npz", "source.npz"):
+        shutil.copy(root / name, copy / name)
+    shutil.copytree(root / "out", copy / "out")
+    before = {p.name for p in (copy / "out" / "stages").iterdir()}
+    run_experiment("compare", load_experiment(copy / "experiment.yaml"), copy / "out")
+    after = {p.name for p in (copy / "out" / "stages").iterdir()}
+    assert len(after - before) == 4  # the old data is still there: another data set for all hpt can tell
 
 
 def _convergence_row(series: str, steps: int, score: float, half_width: float = 0.01) -> dict[str, object]:

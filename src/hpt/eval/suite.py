@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from hpt.data import moved_data
 from hpt.errors import HptError
 from hpt.eval.curve import write_json
 from hpt.eval.features import EvalBackbone
@@ -126,7 +127,21 @@ def _finished(path: Path, sha: str, settings: dict[str, Any]) -> dict[str, Any] 
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    same = record.get("backbone", {}).get("weights_sha256") == sha and record.get("suite_settings") == settings
+    same = record.get("backbone", {}).get("weights_sha256") == sha and _same_settings(record.get("suite_settings"),
+                                                                                      settings, path)
     # top-1 records made before per-image outcomes were kept are redone, so that reports can compare them paired
     complete = record.get("metric") != "top1" or "test_correct" in record
     return record if same and complete else None
+
+
+def _same_settings(saved: Any, settings: dict[str, Any], path: Path) -> bool:
+    """Equal settings; data that was moved since (same name, old place gone) counts as the same data."""
+    if saved == settings:
+        return True
+    if not isinstance(saved, dict) or not isinstance(saved.get("data"), str) or not isinstance(settings["data"], str):
+        return False
+    if {**saved, "data": settings["data"]} != settings or not moved_data(saved["data"], settings["data"]):
+        return False
+    log.warning("eval in %s: its data %s no longer exists; taking %s, which has the same name, as that data moved",
+                path.parent, saved["data"], settings["data"])
+    return True

@@ -20,6 +20,7 @@ from hpt.atomic import atomic_write_text
 from hpt import distributed
 from hpt.eval.suite import EvalSuite
 from hpt.experiments.config import ExperimentConfig
+from hpt.experiments.moved import existing_stage_ids
 from hpt.experiments.plan import Variant, expand
 from hpt.errors import HptError
 from hpt.models import ResNet, build_backbone
@@ -66,13 +67,15 @@ def run_variant(variant: Variant, out: Path, suite: EvalSuite, info: distributed
     backbone, checkpoint_info = build_backbone(start.checkpoint, arch=start.arch, small_stem=start.small_stem,
                                                width=start.width)
     summaries = []
-    for stage, stage_id in zip(variant.stages, variant.stage_ids(), strict=True):
+    stage_ids = existing_stage_ids(variant, stages)
+    for stage, stage_id in zip(variant.stages, stage_ids, strict=True):
         result = run_stage(stage, backbone, stages / stage_id, resume=True, info=info)
         summaries.append(result.summary)
     if not info.is_main:
         return []
-    trained = stages / variant.result_id()
-    where = out / "stages" / variant.result_id()  # evaluations stay under OUT even when the stage runs are shared
+    result_id = stage_ids[-1] if stage_ids else variant.result_id()
+    trained = stages / result_id
+    where = out / "stages" / result_id  # evaluations stay under OUT even when the stage runs are shared
     source = start.checkpoint
     fmt = "random" if checkpoint_info is None else checkpoint_info.format
     if variant.stages:
@@ -87,7 +90,7 @@ def run_variant(variant: Variant, out: Path, suite: EvalSuite, info: distributed
     if variant.snapshot is not None and times:  # the share of the last stage's time spent before the snapshot
         times[-1] *= variant.snapshot / variant.stages[-1].steps
     pretrain_s = sum(times)
-    return [_row(variant, record, pretrain_s) for record in records]
+    return [_row(variant, record, pretrain_s, result_id) for record in records]
 
 
 def _snapshot(path: Path) -> ResNet:
@@ -102,7 +105,7 @@ def _name(variant: Variant) -> str:
     return variant.label if variant.x is None else f"{variant.label} @ {variant.x}"
 
 
-def _row(variant: Variant, record: dict[str, Any], pretrain_s: float) -> dict[str, Any]:
+def _row(variant: Variant, record: dict[str, Any], pretrain_s: float, result_id: str) -> dict[str, Any]:
     """One line of results.csv: which variant, which protocol, the score with its interval, and the cost."""
     seeds = record["seeds"]
     return {
@@ -125,8 +128,8 @@ def _row(variant: Variant, record: dict[str, Any], pretrain_s: float) -> dict[st
         "images_seen": variant.images_seen,
         "pretrain_wall_s": round(pretrain_s, 1),
         "eval_wall_s": record["wall_time_s"],
-        "result_id": variant.result_id(),
-        "eval_dir": f"stages/{variant.result_id()}/eval/{variant.eval_name}",  # relative to OUT
+        "result_id": result_id,
+        "eval_dir": f"stages/{result_id}/eval/{variant.eval_name}",  # relative to OUT
         "backbone_sha256": record["backbone"]["weights_sha256"],
         "pretrain_seed": variant.stages[-1].seed if variant.stages else None,
         "test_correct": record.get("test_correct"),  # per seed, packed per-image outcomes (not in results.csv)
