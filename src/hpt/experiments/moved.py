@@ -1,4 +1,5 @@
-"""Finished stage runs of an experiment whose data has moved since (a copied or moved checkout) are found again.
+"""Finished stage runs of an experiment whose data has moved since (a moved checkout, or one copied to another
+machine without the old data) are found again.
 
 A stage's id hashes its settings, data path included, so after a move the same stage gets a new id. When the
 folder of that new id does not exist, the ids the variant would have had with the old data paths are tried:
