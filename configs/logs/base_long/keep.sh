@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The stages of configs/base_cifar10_long.yaml (base_long, base_longer, then base_longest) take many hours of this 2-core CPU,
+# The stages of configs/base_cifar10_long.yaml (base_long, base_longer, base_longest, then base_96k) take many hours of this 2-core CPU,
 # more than one working session, and a session's runs/ folder does not outlive it. This keeps what `--resume`
 # needs in git between sessions, for each stage begun: the resume state (11 MB: backbone, head, key encoder,
 # queue, SGD momentum, random generators; a finished stage's is the final state that base_longer continues), the
@@ -10,7 +10,7 @@
 #   hpt run configs/base_cifar10_long.yaml --out runs/base_cifar10_long --resume >> runs/base_long.out 2>&1
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-STAGES=(base_long base_longer base_longest); OUT=runs/base_cifar10_long; LOG=configs/logs/base_long/base_long.log
+STAGES=(base_long base_longer base_longest base_96k); OUT=runs/base_cifar10_long; LOG=configs/logs/base_long/base_long.log
 case "${1:-}" in
   save)
     for s in "${STAGES[@]}"; do
