@@ -321,6 +321,25 @@ def test_steps_to_parity_names_what_the_ratio_does_not_say(
     assert all(text in sentence for text in expected) and not any(text in sentence for text in absent)
 
 
+@pytest.mark.parametrize(("target_last", "expected"), [
+    (0.82, "HPT was within noise of its best already at 50 steps (84.5); from there, Target did not reach that "
+           "score within 400 steps: ratio > 8.0."),
+    (0.847, "HPT was within noise of its best already at 50 steps (84.5); from there, Target needed 400 steps to "
+            "reach that score: ratio 8.0."),
+])
+def test_steps_to_parity_also_counts_from_the_start_of_hpts_plateau(target_last: float, expected: str) -> None:
+    from hpt.report.tables import parity_sentence, steps_to_parity
+
+    rows = [_convergence_row("HPT", 0, 0.70), _convergence_row("Target", 0, 0.5),
+            _convergence_row("HPT", 25, 0.80), _convergence_row("HPT", 50, 0.845), _convergence_row("HPT", 100, 0.85),
+            _convergence_row("Target", 200, 0.80), _convergence_row("Target", 400, target_last)]
+    sentence = parity_sentence(steps_to_parity(rows))
+    assert "Target did not reach HPT's best (85.0 at 100 steps) within 400 steps: ratio > 4.0." in sentence
+    assert expected in sentence
+    rows = [r for r in rows if r["x"] != 50]  # no plateau: the best is also HPT's first step within noise of it
+    assert "already at" not in parity_sentence(steps_to_parity(rows))
+
+
 def test_pretraining_seeds_repeat_every_trained_variant_and_keep_seed_0s_runs(experiment_file: Path) -> None:
     single = {v.label: v for v in expand("compare", load_experiment(experiment_file))}
     seeded = expand("compare", load_experiment(experiment_file, ["seeds=[0,1]"]))

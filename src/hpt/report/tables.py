@@ -138,17 +138,27 @@ def difference_note(a: dict[str, Any], b: dict[str, Any]) -> str:
 def steps_to_parity(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Convergence: the Target steps needed to reach HPT's best score, divided by HPT's steps at its best.
     When Target never reaches it, the ratio is a lower bound (Target's largest budget / HPT's steps). Also keeps
-    the rows it rests on: HPT's best, the Base (HPT at step 0) and Target's last point, for the noise caveats."""
+    the rows it rests on: HPT's best, the Base (HPT at step 0) and Target's last point, for the noise caveats; and
+    the same ratio from HPT's first step within noise of its best (early_*), which differs where HPT plateaus."""
     hpt = sorted((r for r in rows if r["series"] == "HPT" and r["pretrain_steps"] > 0), key=lambda r: r["x"])
     target = sorted((r for r in rows if r["series"] == "Target"), key=lambda r: r["x"])
     if not hpt or not target:
         return None
     best = max(hpt, key=lambda r: r["test"])
     base = next((r for r in rows if r["series"] == "HPT" and r["pretrain_steps"] == 0), None)
-    reached = [r for r in target if r["test"] >= best["test"]]
-    steps = reached[0]["x"] if reached else target[-1]["x"]
+    steps, reached = _target_steps_to(best["test"], target)
+    early = next(r for r in hpt if r is best or not separated(r, best))
+    early_steps, early_reached = _target_steps_to(early["test"], target)
     return {"hpt_best": best["test"], "hpt_steps": best["x"], "target_steps": steps, "ratio": steps / best["x"],
-            "lower_bound": not reached, "best_row": best, "base_row": base, "target_last_row": target[-1]}
+            "lower_bound": not reached, "best_row": best, "base_row": base, "target_last_row": target[-1],
+            "early_row": early, "early_target_steps": early_steps, "early_ratio": early_steps / early["x"],
+            "early_lower_bound": not early_reached}
+
+
+def _target_steps_to(score: float, target: list[dict[str, Any]]) -> tuple[int, bool]:
+    """Target's first steps at or above score, and whether it got there (else its largest budget)."""
+    reached = [r for r in target if r["test"] >= score]
+    return (reached[0]["x"], True) if reached else (target[-1]["x"], False)
 
 
 def parity_sentence(parity: dict[str, Any] | None) -> str:
@@ -161,7 +171,21 @@ def parity_sentence(parity: dict[str, Any] | None) -> str:
         text = (f"Steps to parity: Target needed {parity['target_steps']} steps to reach HPT's best "
                 f"({pct(parity['hpt_best'])} at {parity['hpt_steps']} steps): ratio {parity['ratio']:.1f} "
                 "(point estimates; see the intervals in the table).")
-    return " ".join([text, *parity_caveats(parity)])
+    return " ".join([text, *early_parity(parity), *parity_caveats(parity)])
+
+
+def early_parity(parity: dict[str, Any]) -> list[str]:
+    """Where HPT's best is a plateau: the ratio from HPT's first step within noise of that best."""
+    early, best = parity.get("early_row"), parity.get("best_row")
+    if early is None or best is None or early is best:
+        return []
+    start = (f"HPT was within noise of its best already at {early['x']} steps ({pct(early['test'])}); from there, "
+             "Target ")
+    if parity["early_lower_bound"]:
+        return [start + f"did not reach that score within {parity['early_target_steps']} steps: ratio > "
+                f"{parity['early_ratio']:.1f}."]
+    return [start + f"needed {parity['early_target_steps']} steps to reach that score: ratio "
+            f"{parity['early_ratio']:.1f}."]
 
 
 def parity_caveats(parity: dict[str, Any]) -> list[str]:
