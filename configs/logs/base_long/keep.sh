@@ -10,7 +10,7 @@
 #   hpt run configs/base_cifar10_long.yaml --out runs/base_cifar10_long --resume >> runs/base_long.out 2>&1
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-STAGES=(base_long base_longer base_longest base_96k); OUT=runs/base_cifar10_long; LOG=configs/logs/base_long/base_long.log
+CONFIG=configs/base_cifar10_long.yaml; mapfile -t STAGES < <(sed -n 's/^  - name: *//p' "$CONFIG"); OUT=runs/base_cifar10_long; LOG=configs/logs/base_long/base_long.log
 case "${1:-}" in
   save)
     for s in "${STAGES[@]}"; do
