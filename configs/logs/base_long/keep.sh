@@ -13,26 +13,10 @@ cd "$(dirname "$0")/../../.."
 CONFIG=configs/base_cifar10_long.yaml; mapfile -t STAGES < <(sed -n 's/^  - name: *//p' "$CONFIG"); OUT=runs/base_cifar10_long; LOG=configs/logs/base_long/base_long.log
 case "${1:-}" in
   save)
-    for s in "${STAGES[@]}"; do
-      RUN=$OUT/$s; KEEP=configs/logs/$s
-      [[ -f $RUN/state/last.pt ]] || continue
-      mkdir -p "$KEEP"
-      cp "$RUN/state/last.pt" "$RUN/metrics.csv" "$RUN/config.yaml" "$KEEP/"
-      for f in "$RUN"/backbone*.safetensors "$RUN"/summary.json; do [[ -f $f ]] && cp "$f" "$KEEP/"; done
-      echo "saved $s to $KEEP: metrics to step $(tail -n 1 "$KEEP/metrics.csv" | cut -d, -f1)$([[ -f $KEEP/summary.json ]] && echo ", finished" || echo ", resume state at the checkpoint before (every 100 steps)")"
-    done
+    for s in "${STAGES[@]}"; do [[ -f $OUT/$s/state/last.pt ]] && bash configs/logs/keep_stage.sh save "$OUT/$s" "configs/logs/$s"; done
     cp runs/base_long.out "$LOG" ;;
   restore)
-    for s in "${STAGES[@]}"; do
-      RUN=$OUT/$s; KEEP=configs/logs/$s
-      [[ -f $KEEP/last.pt ]] || continue
-      if [[ -e $RUN/state/last.pt ]]; then echo "$RUN already holds a resume state; not restored" >&2; continue; fi
-      mkdir -p "$RUN/state"
-      cp "$KEEP/last.pt" "$RUN/state/last.pt"
-      cp "$KEEP/metrics.csv" "$KEEP/config.yaml" "$RUN/"
-      for f in "$KEEP"/backbone*.safetensors "$KEEP"/summary.json; do [[ -f $f ]] && cp "$f" "$RUN/"; done
-      echo "restored $RUN at step $(tail -n 1 "$RUN/metrics.csv" | cut -d, -f1)"
-    done
+    for s in "${STAGES[@]}"; do [[ -f configs/logs/$s/last.pt ]] && bash configs/logs/keep_stage.sh restore "$OUT/$s" "configs/logs/$s"; done
     mkdir -p runs; [[ -e runs/base_long.out ]] || cp "$LOG" runs/base_long.out ;;
   *) echo "usage: $0 save|restore" >&2; exit 2 ;;
 esac
