@@ -321,6 +321,19 @@ def test_steps_to_parity_names_what_the_ratio_does_not_say(
     assert all(text in sentence for text in expected) and not any(text in sentence for text in absent)
 
 
+def test_steps_to_parity_names_targets_first_point_within_noise_of_hpts_best() -> None:
+    """Target within noise mid-way and below again at its last point (as on FashionMNIST at 4,800 of 8,000 steps)."""
+    from hpt.report.tables import parity_sentence, steps_to_parity
+
+    rows = [_convergence_row("HPT", 0, 0.70), _convergence_row("Target", 0, 0.5), _convergence_row("HPT", 100, 0.85),
+            _convergence_row("Target", 200, 0.80), _convergence_row("Target", 400, 0.845, half_width=0.01),
+            _convergence_row("Target", 800, 0.82), _convergence_row("Target", 1000, 0.83)]
+    sentence = parity_sentence(steps_to_parity(rows))
+    assert "within 1000 steps: ratio > 10.0." in sentence
+    assert "Target came within noise of HPT's best at 400 steps (84.5 [83.5, 85.5]): counted there, the ratio is " \
+           "4.0, so the bound is not a clear lead." in sentence
+
+
 @pytest.mark.parametrize(("target_last", "expected"), [
     (0.82, "HPT was within noise of its best already at 50 steps (84.5); from there, Target did not reach that "
            "score within 400 steps: ratio > 8.0."),

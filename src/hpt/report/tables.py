@@ -150,7 +150,7 @@ def steps_to_parity(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     early = next(r for r in hpt if r is best or not separated(r, best))
     early_steps, early_reached = _target_steps_to(early["test"], target)
     return {"hpt_best": best["test"], "hpt_steps": best["x"], "target_steps": steps, "ratio": steps / best["x"],
-            "lower_bound": not reached, "best_row": best, "base_row": base, "target_last_row": target[-1],
+            "lower_bound": not reached, "best_row": best, "base_row": base, "target_rows": target,
             "early_row": early, "early_target_steps": early_steps, "early_ratio": early_steps / early["x"],
             "early_lower_bound": not early_reached}
 
@@ -189,8 +189,9 @@ def early_parity(parity: dict[str, Any]) -> list[str]:
 
 
 def parity_caveats(parity: dict[str, Any]) -> list[str]:
-    """What the ratio does not say: HPT's best against the Base it started from, and against Target's last point."""
-    best, base, last = parity.get("best_row"), parity.get("base_row"), parity.get("target_last_row")
+    """What the ratio does not say: HPT's best against the Base it started from, and, where Target never reached it,
+    Target's first point within noise of it (the ratio counted by noise rather than by point estimates)."""
+    best, base = parity.get("best_row"), parity.get("base_row")
     notes = []
     if best is not None and base is not None:
         if not separated(best, base):
@@ -199,10 +200,10 @@ def parity_caveats(parity: dict[str, Any]) -> list[str]:
         elif best["test"] < base["test"]:
             notes.append(f"HPT's best is below the Base before any HPT step ({score_cell(base)}), beyond noise: "
                          "HPT lowered the Base's score.")
-    if parity["lower_bound"] and best is not None and last is not None and \
-            not separated(best, last):
-        notes.append(f"Target's last point ({score_cell(last)}) is within noise of HPT's best, so the bound is not a "
-                     "clear lead.")
+    close = next((r for r in parity.get("target_rows", []) if not separated(best, r)), None) if best else None
+    if parity["lower_bound"] and close is not None:
+        notes.append(f"Target came within noise of HPT's best at {close['x']} steps ({score_cell(close)}): counted "
+                     f"there, the ratio is {close['x'] / best['x']:.1f}, so the bound is not a clear lead.")
     return notes
 
 
