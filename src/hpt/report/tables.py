@@ -200,10 +200,11 @@ def parity_caveats(parity: dict[str, Any]) -> list[str]:
         elif best["test"] < base["test"]:
             notes.append(f"HPT's best is below the Base before any HPT step ({score_cell(base)}), beyond noise: "
                          "HPT lowered the Base's score.")
-    close = next((r for r in parity.get("target_rows", []) if not separated(best, r)), None) if best else None
-    if parity["lower_bound"] and close is not None:
-        notes.append(f"Target came within noise of HPT's best at {close['x']} steps ({score_cell(close)}): counted "
-                     f"there, the ratio is {close['x'] / best['x']:.1f}, so the bound is not a clear lead.")
+    if parity["lower_bound"] and best is not None:
+        close = next((r for r in parity.get("target_rows", []) if not separated(best, r)), None)
+        if close is not None:
+            notes.append(f"Target came within noise of HPT's best at {close['x']} steps ({score_cell(close)}): "
+                         f"counted there, the ratio is {close['x'] / best['x']:.1f}, so the bound is not a clear lead.")
     return notes
 
 
