@@ -199,3 +199,17 @@ def test_pretrain_head_warmup_runs_and_a_bad_value_is_one_line(capsys: pytest.Ca
                           "--out", str(tmp_path / "p"), *TINY, "--head-warmup-steps", "3")
     assert code != 0 and "head_warmup_steps must be >= 0 and below steps (3)" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_pretrain_set_reaches_nested_settings_and_a_misspelled_one_is_one_line(
+        capsys: pytest.CaptureFixture[str], tiny_npz: Path, tmp_path: Path) -> None:
+    code, out, err = call(capsys, "pretrain", "--base", "random", "--data", f"npz:{tiny_npz}", "--steps", "2",
+                          "--out", str(tmp_path / "o"), *TINY, "--set", "moco.temperature=0.1",
+                          "--set", "moco.head_bn=true", "--set", "augment.crop_scale=[0.5,1.0]", "--set", "lr=0.05")
+    assert code == 0, err
+    config = json.loads((tmp_path / "o" / "target" / "summary.json").read_text())["config"]
+    assert config["moco"]["temperature"] == 0.1 and config["moco"]["head_bn"] is True
+    assert config["augment"]["crop_scale"] == [0.5, 1.0] and config["lr"] == 0.05
+    code, out, err = call(capsys, "pretrain", "--base", "random", "--data", f"npz:{tiny_npz}", "--steps", "2",
+                          "--out", str(tmp_path / "p"), *TINY, "--set", "moco.temprature=0.1")
+    assert_one_line_error(code, err, "temprature", "temperature")

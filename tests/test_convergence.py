@@ -83,9 +83,9 @@ def test_the_default_margin_is_one_standard_error_of_the_probe() -> None:
     probe = OnlineProbe(StopConfig(), "npz:unused.npz", torch.device("cpu"))
     probe.history = [(100, 0.75)]
 
-    class FakeSplits:
-        val = [0] * 1000
+    class FakeSignal:
+        val_images = 1000
 
-    probe._splits = FakeSplits()
+    probe._signal = FakeSignal()  # type: ignore[assignment]
     assert probe.margin() == pytest.approx((0.75 * 0.25 / 1000) ** 0.5)
     assert OnlineProbe(StopConfig(margin=0.05), "npz:x.npz", torch.device("cpu")).margin() == 0.05

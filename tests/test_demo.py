@@ -35,7 +35,7 @@ def test_demo_runs_compare_and_convergence_and_writes_the_report(tmp_path: Path)
     (assets / "demo.yaml").write_text(yaml.safe_dump(raw))
     result = run_demo(tmp_path / "out", assets=assets)
     assert "| HPT |" in result.summary and "| HPT-BN |" in result.summary and "| Target |" in result.summary
-    assert "Steps to parity" in result.summary
+    assert "Steps to parity: " in result.summary or "No steps-to-parity: " in result.summary  # tiny: may not learn
     text = result.report.read_text()
     assert "## Base vs Target vs HPT vs HPT-BN" in text and "## Convergence" in text
     assert (tmp_path / "out" / "figures" / "convergence_linear.png").exists()

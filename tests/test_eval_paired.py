@@ -7,7 +7,12 @@ import pytest
 
 from hpt.errors import HptError
 from hpt.eval.metrics import bootstrap_interval, differs
-from hpt.eval.paired import mean_outcomes, pack_outcomes, paired_difference_interval, unpack_outcomes
+from hpt.eval.paired import (
+    mean_outcomes,
+    pack_outcomes,
+    paired_difference_interval,
+    unpack_outcomes,
+)
 from hpt.report.tables import difference_note, separated, versus_best
 
 
@@ -56,7 +61,7 @@ def _row(variant: str, outcomes: np.ndarray | None, half_width: float = 0.01) ->
 def test_report_rows_use_the_paired_interval_when_both_carry_outcomes() -> None:
     a, b = _correlated()
     base, hpt = _row("Base", a), _row("HPT", b)
-    assert separated(hpt, base) and versus_best(base, [base, hpt]) == "below best"
+    assert separated(hpt, base) and versus_best(base, [base, hpt]) == "below it beyond noise"
     note = difference_note(hpt, base)
     assert note.startswith("+1.0 points [+") and note.endswith("paired over the same test images, beyond noise")
     old = _row("Base", None)  # a row from before outcomes were kept: the overlap rule
@@ -99,7 +104,8 @@ def test_eval_compare_reports_each_evaluation_against_the_first(tmp_path) -> Non
 
     a, b = _correlated()
     text = compare_evaluations([_record(tmp_path, "base", a), _record(tmp_path, "hpt", b)], ["Base", "HPT"])
-    assert "| Base | " in text and "| below best |" in text and text.count("| best |") == 1
+    assert "| Base | " in text and "| below it beyond noise |" in text and text.count("| best on test |") == 1
+    assert "chosen on test scores: these records predate validation scores" in text  # they keep no val score
     assert "- HPT - Base: +1.0 points [+" in text and text.endswith("beyond noise")
 
 

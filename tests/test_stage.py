@@ -138,7 +138,7 @@ def test_sync_batchnorm_converts_back_to_plain_batchnorm_with_the_same_state() -
     from torch import nn
 
     from hpt.models import SplitBatchNorm2d
-    from hpt.stage_loop import restore_batchnorm
+    from hpt.pretrain.batchnorm import restore_batchnorm
 
     model = tiny_backbone()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -178,6 +178,22 @@ def test_head_warmup_is_validated_and_leaves_old_stage_ids_alone(tiny_npz: Path)
     assert stage(tiny_npz, head_warmup_steps=2).semantic()["head_warmup_steps"] == 2
     with pytest.raises(HptError, match="head_warmup_steps must be >= 0 and below steps"):
         stage(tiny_npz, head_warmup_steps=4)
+
+
+def test_a_batchnorm_projection_head_trains_and_leaves_old_stage_ids_alone(tiny_npz: Path, tmp_path: Path) -> None:
+    from hpt.methods.mocov2 import MocoV2, SplitBatchNorm1d
+
+    assert "head_bn" not in stage(tiny_npz).semantic()["moco"]
+    assert stage(tiny_npz, moco={"head_bn": True}).semantic()["moco"]["head_bn"] is True
+    model = MocoV2(tiny_backbone(), stage(tiny_npz, moco={"head_bn": True}).moco, queue_size=16)
+    assert isinstance(model.head[1], SplitBatchNorm1d) and isinstance(model.head_k[1], SplitBatchNorm1d)
+    model.set_bn_splits(2)
+    assert model.head[1].num_splits == 2
+    out = model(torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16))
+    out.loss.backward()
+    assert model.head[1].weight.grad is not None and model.head_k[1].weight.grad is None
+    result = run_stage(stage(tiny_npz, moco={"head_bn": True}), tiny_backbone(), tmp_path)
+    assert result.summary["steps_done"] == 4
 
 
 def test_scheduled_lr_warms_up_linearly_then_decays_by_cosine() -> None:

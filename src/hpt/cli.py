@@ -8,6 +8,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -87,26 +88,49 @@ def cli(debug: bool, verbose: bool) -> None:
 @click.option("--probe-patience", type=int, default=3, show_default=True, help="Probes without progress before stopping.")
 @click.option("--probe-margin", type=float, default=None,
               help="Least gain that counts (0.01 = 1 point); default: one standard error of the probe's val score.")
+@click.option("--anchor-weight", type=float, default=0.0, show_default=True,
+              help="Weight of a distillation term to the frozen start (Base-anchored continuation); 0: off.")
+@click.option("--guard", "guard_on", is_flag=True,
+              help="Read a validation signal every --guard-every steps, keep the best checkpoint, roll back to it "
+                   "when the signal drops beyond noise.")
+@click.option("--guard-every", type=int, default=100, show_default=True, help="Steps between the guard's readings.")
+@click.option("--guard-signal", type=click.Choice(["auto", "knn", "linear", "rank"]), default="auto",
+              show_default=True, help="auto: kNN accuracy where the data has labels, else effective rank.")
+@click.option("--guard-on-drop", type=click.Choice(["stop", "lower-lr"]), default="stop", show_default=True,
+              help="After a roll-back: stop, or go on at a tenth of the lr.")
+@click.option("--budget", type=click.Choice(["fixed", "auto"]), default="fixed", show_default=True,
+              help="auto: stop once the guard's signal stops improving beyond noise (--steps is the cap).")
+@click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
+              help="Any other stage setting, dotted for nested ones (repeatable), e.g. --set moco.temperature=0.1 "
+                   "--set moco.head_bn=true --set augment.crop_scale=[0.5,1.0]; it wins over the options above.")
 def pretrain(base: str, data: str, steps: int, train_mode: str, arch: str | None, small_stem: bool | None,
              width: int | None, out: Path, name: str, resume: bool, batch_size: int, lr: float, precision: str,
              channels_last: bool, device: str, image_size: int | None, remove_aug: tuple[str, ...],
              queue_size: int | None, workers: int | None, seed: int, checkpoint_every: int, method: str,
              head_warmup_steps: int, lr_warmup_steps: int, stop_when_converged: bool,
-             probe_data: str | None, probe_every: int, probe_patience: int, probe_margin: float | None) -> None:
+             probe_data: str | None, probe_every: int, probe_patience: int, probe_margin: float | None,
+             anchor_weight: float, guard_on: bool, guard_every: int, guard_signal: str, guard_on_drop: str,
+             budget: str, set_items: tuple[str, ...]) -> None:
     """Pretrain one stage from --base on --data; writes OUT/NAME/backbone.safetensors."""
+    from hpt.config import apply_overrides
     from hpt.hierarchy import pretrain as run_pretrain
 
     _setup_logging(False, out)
     moco = {"queue_size": queue_size} if queue_size else {}
-    result = run_pretrain(
-        base, data, steps, out=out, name=name, train=train_mode, arch=arch, small_stem=small_stem, width=width,
-        resume=resume, batch_size=batch_size, lr=lr, precision=precision, channels_last=channels_last,
-        device=device, seed=seed, workers=workers, checkpoint_every=checkpoint_every, moco=moco, method=method,
-        head_warmup_steps=head_warmup_steps, lr_warmup_steps=lr_warmup_steps,
-        augment={"image_size": image_size, "remove": list(remove_aug)},
-        stop={"data": probe_data, "every": probe_every, "patience": probe_patience, "margin": probe_margin}
+    settings: dict[str, Any] = {
+        "batch_size": batch_size, "lr": lr, "precision": precision, "channels_last": channels_last,
+        "device": device, "seed": seed, "workers": workers, "checkpoint_every": checkpoint_every, "moco": moco,
+        "method": method, "head_warmup_steps": head_warmup_steps, "lr_warmup_steps": lr_warmup_steps,
+        "augment": {"image_size": image_size, "remove": list(remove_aug)},
+        "stop": {"data": probe_data, "every": probe_every, "patience": probe_patience, "margin": probe_margin}
         if stop_when_converged else None,
-    )
+        "anchor": {"weight": anchor_weight}, "budget": budget,
+        "guard": {"every": guard_every, "signal": guard_signal, "on_drop": guard_on_drop}
+        if guard_on or budget == "auto" else None,
+    }
+    settings = apply_overrides(settings, list(set_items))
+    result = run_pretrain(base, data, steps, out=out, name=name, train=train_mode, arch=arch, small_stem=small_stem,
+                          width=width, resume=resume, **settings)
     _print_summary(result)
 
 
@@ -210,6 +234,10 @@ def _print_summary(result: object) -> None:
             stop = s["stopped_early"]
             click.echo(f"{'':>14}stopped at step {stop['step']} ({stop['steps_saved']} of the budget saved): "
                        f"{stop['reason']}")
+        if s.get("guard"):
+            guard = s["guard"]
+            click.echo(f"{'':>14}guard ({guard['signal']}): kept step {guard['kept_step']} "
+                       f"({guard['kept_value']:.4f}); {guard['reason']}")
     click.echo(f"total wall time {result.wall_time_s:.1f} s; backbones and logs in {result.out_dir}")  # type: ignore[attr-defined]
 
 

@@ -16,6 +16,7 @@ HELP = {
     "datasize": "HPT, HPT-BN, Target and Base on fractions of the target's pretraining images.",
     "convergence": "Probe score against pretraining steps, HPT vs Target, with the steps-to-parity ratio.",
     "bases": "HPT from weaker and stronger bases (needs 'bases:').",
+    "sweep": "HPT at each value of one stage setting, chosen on val (needs 'sweep: {setting, values}').",
 }
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
 from hpt.errors import HptError
+from hpt.pretrain.signals import LabelledSignal
 
 log = logging.getLogger("hpt")
 
@@ -63,73 +64,27 @@ def should_stop(history: list[tuple[int, float]], margin: float, patience: int, 
 @dataclass
 class OnlineProbe:
     """Scores a backbone on a fixed labelled subset: kNN (k=20, T=0.07) or a linear probe (1,000 steps) on
-    pooled features; val of the data is the query set."""
+    pooled features; val of the data is the query set (hpt.pretrain.signals.LabelledSignal)."""
 
     config: StopConfig
     data: str
     device: torch.device
     history: list[tuple[int, float]] = field(default_factory=list)
-    _splits: Any = None
-    _transform: Any = None
-
-    def _prepare(self) -> None:
-        from hpt.eval.features import eval_transform
-        from hpt.eval.finetune import labelled_subset
-        from hpt.eval.splits import SplitView, load_splits
-
-        splits = load_splits(self.data)
-        keep = labelled_subset(splits, min(self.config.labels, len(splits.train)), seed=0)
-        splits.train = SplitView(splits.train.dataset, splits.train.indices[keep])
-        self._splits = splits
-        self._transform = eval_transform(splits, None).to(self.device)
-        log.info("convergence probe: %s on %s (%d labelled, %d val images), every %d steps", self.config.probe,
-                 splits.spec.describe(), len(splits.train), len(splits.val), self.config.every)
+    _signal: LabelledSignal | None = None
 
     @torch.no_grad()
     def score(self, step: int, backbone: torch.nn.Module) -> float:
-        """Probe the backbone (eval mode, restored afterwards) and record (step, score)."""
-        from hpt.eval.features import extract_features
-        from hpt.eval.knn import knn_scores
-        from hpt.eval.metrics import evaluate
-
-        if self._splits is None:
-            self._prepare()
-        splits = self._splits
-        train = torch.from_numpy(extract_features(backbone, splits.train, self._transform, self.device))
-        val = torch.from_numpy(extract_features(backbone, splits.val, self._transform, self.device))
-        labels = torch.from_numpy(np.ascontiguousarray(splits.train.labels))
-        if self.config.probe == "knn":
-            scores = knn_scores(train, labels, val, k=20, temperature=0.07, num_classes=splits.num_classes,
-                                multilabel=splits.multilabel)
-        else:
-            scores = _linear_scores(train, labels, val, splits)
-        value = evaluate(scores, splits.val.labels, splits.class_names).value
-        self.history.append((step, float(value)))
-        return float(value)
+        """Probe the backbone (eval mode, on a copy) and record (step, score)."""
+        if self._signal is None:
+            self._signal = LabelledSignal(self.data, self.config.probe, self.config.labels, self.device)
+        value = self._signal.read(backbone).value
+        self.history.append((step, value))
+        return value
 
     def margin(self) -> float:
         """The configured margin, or one standard error of the best score so far on the val images."""
         if self.config.margin is not None:
             return self.config.margin
         best = max(score for _, score in self.history) if self.history else 0.5
-        n = len(self._splits.val) if self._splits is not None else 1
+        n = self._signal.val_images if self._signal is not None else 1
         return max(0.002, float(np.sqrt(best * (1 - best) / max(n, 1))))
-
-
-def _linear_scores(train: torch.Tensor, labels: torch.Tensor, val: torch.Tensor, splits: Any) -> np.ndarray:
-    from hpt.eval.common import loss_function, milestones, new_head
-
-    with torch.enable_grad():
-        head = new_head(train.shape[1], splits.num_classes, 0)
-        opt = torch.optim.SGD(head.parameters(), lr=30.0, momentum=0.9)
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones(1000), gamma=0.1)
-        criterion = loss_function(splits.multilabel)
-        rng = np.random.default_rng(0)
-        for _ in range(1000):
-            idx = torch.from_numpy(rng.integers(0, len(train), min(256, len(train))))
-            loss = criterion(head(train[idx]), labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return head(val).detach().numpy()

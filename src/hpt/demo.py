@@ -16,7 +16,8 @@ from hpt.errors import HptError
 from hpt.experiments import load_experiment, run_experiment
 from hpt.report import build_report
 from hpt.report.build import read_rows
-from hpt.report.tables import experiment_table, parity_sentences
+from hpt.report.parity import parity_sentences
+from hpt.report.tables import experiment_table
 
 DEMO_FILE = "demo.yaml"
 

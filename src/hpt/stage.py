@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from torch import nn
 from tqdm import tqdm
 
 from hpt import distributed
@@ -30,9 +29,18 @@ from hpt.data import moved_data, parse_data_spec
 from hpt.errors import HptError
 from hpt.methods import BYOLConfig, MocoV2Config, SimCLRConfig
 from hpt.metrics_log import append_result
-from hpt.models import ResNet, SplitBatchNorm2d, load_backbone, save_backbone, weights_sha256
+from hpt.models import (
+    ResNet,
+    SplitBatchNorm2d,
+    load_backbone,
+    save_backbone,
+    weights_sha256,
+)
+from hpt.pretrain.anchor import AnchorConfig
+from hpt.pretrain.batchnorm import reestimate_bn_statistics
+from hpt.pretrain.guard import GuardConfig
 from hpt.resume import load_state
-from hpt.stage_loop import average_bn_statistics, per_rank_batch, prepare_data, set_trainable, train_ssl
+from hpt.stage_loop import per_rank_batch, prepare_data, set_trainable, train_ssl
 
 log = logging.getLogger("hpt")
 
@@ -79,6 +87,13 @@ class StageConfig:
     # Start the method's head, key (or target) encoder and queue from the previous stage's final state instead of
     # new ones: a longer run of the same method on the same kind of data, with a restarted learning-rate schedule.
     continue_method: bool = False
+    # A distillation term to the stage's starting backbone (frozen), next to the method's loss: anchor: {weight: 1.0}.
+    anchor: AnchorConfig = field(default_factory=AnchorConfig)
+    # Read a validation signal every guard.every steps, keep the best checkpoint, roll back on a drop beyond noise.
+    guard: GuardConfig | None = None
+    # auto: stop once the guard's signal stops improving beyond noise (steps is then the cap); needs no guard:
+    # section (a default guard is used).
+    budget: Literal["fixed", "auto"] = "fixed"
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
@@ -95,16 +110,36 @@ class StageConfig:
         if not 0 <= self.lr_warmup_steps < self.steps:
             raise HptError(f"stage '{self.name}': lr_warmup_steps must be >= 0 and below steps ({self.steps}), "
                            f"got {self.lr_warmup_steps}")
+        if self.budget == "auto" and self.guard is None:
+            self.guard = GuardConfig()
+        if (self.anchor.active or self.guard is not None) and self.train not in ("all", "bn"):
+            raise HptError(f"stage '{self.name}': anchor and guard need a training stage (train: all or bn), "
+                           f"not train: {self.train}")
         self.data = parse_data_spec(self.data).describe()
 
     def semantic(self) -> dict[str, Any]:
-        """The settings that determine the result (compared on resume and on re-runs)."""
+        """The settings that determine the result (compared on resume and on re-runs). Settings added to hpt
+        later are left out while they hold their defaults, so that the ids of earlier runs stay the same; the
+        comparison (same_settings) reads a missing one as its default."""
         settings = {k: v for k, v in to_dict(self).items() if k not in RUNTIME_KEYS}
-        # unset: the ids of runs made before these settings existed stay the same
-        for key in ("head_warmup_steps", "lr_warmup_steps", "continue_method"):
-            if not settings[key]:
-                settings.pop(key)
+        _drop_defaults(settings, LATER_DEFAULTS)
         return settings
+
+
+def _drop_defaults(settings: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Remove from `settings` (in place) every setting that holds its default, looking into nested ones."""
+    for key, default in defaults.items():
+        value = settings.get(key)
+        if value == default:
+            settings.pop(key)
+        elif isinstance(default, dict) and isinstance(value, dict):
+            _drop_defaults(value, default)
+
+
+#: Settings added after the first runs, with their defaults: absent from a saved run's settings means the default.
+LATER_DEFAULTS: dict[str, Any] = {"head_warmup_steps": 0, "lr_warmup_steps": 0, "continue_method": False,
+                                  "anchor": to_dict(AnchorConfig()), "guard": None, "budget": "fixed",
+                                  "moco": {"head_bn": False}}
 
 
 @dataclass
@@ -197,18 +232,23 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _check_same(saved: dict[str, Any], current: dict[str, Any], stage_dir: Path, what: str) -> None:
     """Refuse to resume or reuse a stage whose result-determining settings changed.
 
-    Keys on one side only (settings added by a newer hpt) are not compared, so an upgrade does not strand runs.
+    Every setting is compared both ways; one that a side lacks counts as its default when it is a setting added
+    to hpt later (LATER_DEFAULTS: runs made before it existed used that default), and as a change otherwise.
     Data that was moved (the same file name in another folder, the old one gone) is the same data.
     """
-    old, new = _flatten(saved), _flatten(current)
-    changed = sorted(k for k in set(old) & set(new) if old[k] != new[k])
+    defaults = _flatten(LATER_DEFAULTS)
+    old, new = _flatten({**LATER_DEFAULTS, **saved}), _flatten({**LATER_DEFAULTS, **current})
+    missing = object()
+    changed = sorted(k for k in set(old) | set(new)
+                     if old.get(k, defaults.get(k, missing)) != new.get(k, defaults.get(k, missing)))
     if "data" in changed and moved_data(old["data"], new["data"]):
         log.warning("stage in %s: its data %s no longer exists; taking %s, which has the same name, as that data "
                     "moved", stage_dir, old["data"], new["data"])
         changed.remove("data")
     if not changed:
         return
-    details = "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed[:5] if k != "init_sha256")
+    details = "; ".join(f"{k}: {old.get(k, 'unset')!r} -> {new.get(k, 'unset')!r}" for k in changed[:5]
+                        if k != "init_sha256")
     if "init_sha256" in changed:
         details = "; ".join(filter(None, ["the starting backbone differs (the base or an earlier stage changed)",
                                           details]))
@@ -240,22 +280,15 @@ def _reestimate_bn(config: StageConfig, backbone: ResNet, info: distributed.Dist
     dataset, side, mean, std, loader = prepare_data(config, info, per_rank, 0)
     transform = EvalTransform(mean, std, side).to(info.device)
     set_trainable(backbone, "none")
-    backbone.to(info.device).train()
-    norms = [m for m in backbone.modules() if isinstance(m, nn.BatchNorm2d)]
-    saved_momentum = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over every batch seen
-        if isinstance(m, SplitBatchNorm2d):
-            m.num_splits = 1
+    backbone.to(info.device)
     iterator = iter(loader)
+    batches = (next(iterator)[0] for _ in tqdm(range(config.steps), disable=not info.is_main or None,
+                                                desc=f"{config.name} (bn-stats)"))
     start = time.perf_counter()
-    for _ in tqdm(range(config.steps), disable=not info.is_main or None, desc=f"{config.name} (bn-stats)"):
-        images, _ = next(iterator)
-        backbone.forward_features(transform(images.to(info.device)))
-    for m, momentum in zip(norms, saved_momentum):
-        m.momentum = momentum
-    average_bn_statistics(backbone)
+    reestimate_bn_statistics(backbone, batches, transform, info.device)
+    for module in backbone.modules():
+        if isinstance(module, SplitBatchNorm2d):
+            module.num_splits = 1
     backbone.eval()
     elapsed = time.perf_counter() - start
     log.info("stage '%s': BatchNorm statistics re-estimated over %d batches of %d images", config.name,

@@ -5,6 +5,7 @@ stage.py decides what runs; this file runs it, step by step, and writes the resu
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -19,21 +20,29 @@ from torch import nn
 from tqdm import tqdm
 
 from hpt import distributed
-from hpt.augment import MocoAugment
+from hpt.augment import EvalTransform, MocoAugment
 from hpt.convergence import OnlineProbe, should_stop
-from hpt.data import channel_stats, make_loader, open_any
+from hpt.data import channel_stats, make_eval_loader, make_loader, open_any
 from hpt.errors import HptError
 from hpt.methods import BYOL, SSLMethod, build_method
 from hpt.methods.collapse import CollapseWatch, embedding_spread
 from hpt.metrics_log import MetricsLog
-from hpt.models import ResNet, SplitBatchNorm2d, save_backbone, weights_sha256
-from hpt.resume import rng_state, save_state, set_rng_state
+from hpt.models import ResNet, save_backbone, weights_sha256
+from hpt.pretrain.anchor import BaseAnchor
+from hpt.pretrain.batchnorm import (
+    average_bn_statistics,
+    reestimate_bn_statistics,
+    restore_batchnorm,
+)
+from hpt.pretrain.guard import Guard, build_guard
+from hpt.resume import load_state, rng_state, save_state, set_rng_state
 
 if TYPE_CHECKING:
     from hpt.stage import StageConfig, TrainMode
 
 log = logging.getLogger("hpt")
 
+KEPT_DIR = "guard-kept"  # the guard's kept state, beside state/
 FAULT_ENV = "HPT_FAULT_AFTER_STEP"  # test hook: SIGKILL this process after the given step
 #: metrics.csv's accuracy column: the positive key ranked first (MoCo, SimCLR); BYOL: mean cosine to the target
 ACCURACY_COLUMN = {"mocov2": "moco_acc", "simclr": "simclr_acc", "byol": "byol_cosine"}
@@ -56,7 +65,7 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
-def prepare_data(config: StageConfig, info: distributed.DistInfo, per_rank: int, start_step: int):  # noqa: ANN202
+def prepare_data(config: StageConfig, info: distributed.DistInfo, per_rank: int, start_step: int):
     dataset = open_any(config.data)  # indexable data sets, or a WebDataset stream
     height, width = dataset.image_size
     side = config.augment.image_size or height
@@ -111,6 +120,8 @@ def train_ssl(
     splits = _bn_splits(config, info, per_rank) if shuffle else 1
     model.set_bn_splits(splits)
     model.shuffle_keys = shuffle
+    # The Base of this stage: its starting backbone, before any resume state is loaded.
+    anchor = BaseAnchor(config.anchor, model.backbone).to(info.device) if config.anchor.active else None
     sync_bn = config.batchnorm == "sync" and info.distributed
     if sync_bn:
         if info.device.type != "cuda":
@@ -121,24 +132,19 @@ def train_ssl(
         model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.query_parameters() if p.requires_grad]
     lr = config.lr * config.batch_size / config.lr_reference_batch
-    if config.head_warmup_steps:  # two groups: the backbone's lr is 0 during the warm-up
-        in_backbone = {id(p) for p in model.backbone.parameters()}
-        groups: list[dict[str, Any]] = [
-            {"params": [p for p in params if id(p) in in_backbone], "is_backbone": True},
-            {"params": [p for p in params if id(p) not in in_backbone], "is_backbone": False}]
-        log.info("%s: head warm-up for %d steps (backbone lr 0), then all trainable weights", config.name,
-                 config.head_warmup_steps)
-    else:
-        groups = [{"params": params, "is_backbone": False}]
-    optimizer = torch.optim.SGD(groups, lr=lr, momentum=config.sgd_momentum, weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(_param_groups(config, model, params), lr=lr, momentum=config.sgd_momentum,
+                                weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(info.device.type, enabled=config.precision == "fp16")
     if continued is not None:
         _load_continued(model, continued, backbone, config.name)
+    guard = build_guard(config.guard, config.data, info.device, config.budget == "auto") if config.guard else None
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
+        if guard is not None and "guard" in state:
+            guard.load_state(state["guard"])
     train_model: nn.Module = model
     if info.distributed:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
@@ -153,11 +159,13 @@ def train_ssl(
         log.info(
             "stage '%s': %s images of %s | mode %s (%s trainable parameters) | %d steps from step %d | "
             "global batch %d = %d per process x %d | lr %.4g (= %.4g x %d/%d, linear scaling) | %s | "
-            "BatchNorm over %d groups per process | %s | %s on %s | augment: %s",
+            "BatchNorm over %d groups per process | %s | %s on %s | augment: %s%s%s",
             config.name, f"{len(dataset):,}", config.data, config.train, f"{n_trainable:,}", config.steps,
             start_step, config.batch_size, per_rank, info.world_size, lr, config.lr, config.batch_size,
             config.lr_reference_batch, queue_reason, splits, config.precision,
             "channels_last" if config.channels_last else "contiguous", info.device, ",".join(config.augment.active),
+            f" | anchored to its start, weight {config.anchor.weight:g}" if anchor is not None else "",
+            f" | budget auto, at most {config.steps} steps" if config.budget == "auto" else "",
         )
     metrics = MetricsLog(stage_dir, resume_step=start_step) if info.is_main else None
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
@@ -169,6 +177,10 @@ def train_ssl(
         if start_step == 0 and not probe.history:  # the start's score: a stage that never beats it is said so
             log.info("%s step 0 (the start): convergence probe %.4f", config.name, probe.score(0, model.backbone))
     stopped: dict[str, Any] | None = None
+    saver = _Saver(stage_dir, model, optimizer, scaler, semantic, queue_size, info)
+    if guard is not None and start_step == 0:
+        _reestimate_start(config, dataset, per_rank, mean, std, side, model.backbone, info)
+        _guard_check(guard, 0, config, model, optimizer, saver, info)
     collapse = CollapseWatch(config.name, warmup_steps=max(config.log_every, config.steps // 4))
     iterator = iter(loader)
     progress = tqdm(total=config.steps, initial=start_step, disable=not info.is_main or None, unit="step",
@@ -186,9 +198,10 @@ def train_ssl(
             if config.channels_last:
                 im_q = im_q.contiguous(memory_format=torch.channels_last)
                 im_k = im_k.contiguous(memory_format=torch.channels_last)
+            scale = guard.lr_scale if guard is not None else 1.0
             for group in optimizer.param_groups:
                 warming = group.get("is_backbone") and step < config.head_warmup_steps
-                group["lr"] = 0.0 if warming else scheduled_lr(lr, step, config.steps, config.lr_warmup_steps)
+                group["lr"] = 0.0 if warming else scale * scheduled_lr(lr, step, config.steps, config.lr_warmup_steps)
                 if group.get("is_backbone") and step == config.head_warmup_steps:
                     for param in group["params"]:  # no momentum carried over from the warm-up's gradients
                         optimizer.state.pop(param, None)
@@ -197,8 +210,10 @@ def train_ssl(
             with torch.autocast(info.device.type, dtype=autocast_dtype or torch.float32,
                                 enabled=autocast_dtype is not None):
                 out = train_model(im_q, im_k)
+                anchor_term = anchor(out.feature_inputs, out.features) if anchor is not None else None
+            loss = out.loss if anchor_term is None else out.loss + config.anchor.weight * anchor_term
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(out.loss).backward()
+            scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             done = step + 1
@@ -211,6 +226,8 @@ def train_ssl(
                 row = {"loss": loss_value, ACCURACY_COLUMN[config.method]: out.accuracy.item(),
                        "embedding_spread": embedding_spread(out.embeddings).item(),
                        "lr": optimizer.param_groups[-1]["lr"], "images_per_s": rate}
+                if anchor_term is not None:
+                    row["anchor"] = anchor_term.item()
                 if info.is_main:
                     collapse.check(done, row["embedding_spread"])
                 if metrics is not None:
@@ -218,9 +235,10 @@ def train_ssl(
                     progress.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{rate:.0f}")
                     if progress.disable:
                         eta = (config.steps - done) * config.batch_size / max(rate, 1e-9)
-                        log.info("%s step %d/%d loss %.4f acc %.3f spread %.3f lr %.4g %.0f img/s eta %.0fs",
+                        log.info("%s step %d/%d loss %.4f acc %.3f spread %.3f lr %.4g %.0f img/s eta %.0fs%s",
                                  config.name, done, config.steps, loss_value, row[ACCURACY_COLUMN[config.method]],
-                                 row["embedding_spread"], row["lr"], rate, eta)
+                                 row["embedding_spread"], row["lr"], rate, eta,
+                                 f" anchor {row['anchor']:.4f}" if "anchor" in row else "")
             progress.update(1)
             if probe is not None and config.stop is not None and done % config.stop.every == 0:
                 value = probe.score(done, model.backbone)
@@ -230,9 +248,14 @@ def train_ssl(
                 if decision.stop:
                     stopped = {"step": done, "reason": decision.reason, "steps_saved": config.steps - done,
                                "probe_history": probe.history}
+            if (guard is not None and guard.due(done, config.steps)
+                    and _guard_check(guard, done, config, model, optimizer, saver, info) and done < config.steps):
+                stopped = {"step": done, "reason": guard.reason, "steps_saved": config.steps - done}
             extra = {"probe_history": probe.history} if probe is not None else {}
+            if guard is not None:
+                extra["guard"] = guard.state()
             if done % config.checkpoint_every == 0 or done == config.steps or stopped:
-                _save(stage_dir, model, optimizer, scaler, done, semantic, queue_size, info, extra)
+                saver.save(done, extra)
             if done in config.keep_backbones and info.is_main:
                 save_backbone(model.backbone, stage_dir / f"backbone-step{done}.safetensors",
                               {"stage": config.name, "step": str(done), "data": config.data})
@@ -241,7 +264,7 @@ def train_ssl(
             if stopped:
                 break
     except KeyboardInterrupt:
-        _save(stage_dir, model, optimizer, scaler, step, semantic, queue_size, info)
+        saver.save(step, {"guard": guard.state()} if guard is not None else {})
         raise HptError(f"interrupted at step {step}; the state is saved in {stage_dir / 'state'}: "
                        "run the same command with --resume to continue") from None
     finally:
@@ -265,6 +288,8 @@ def train_ssl(
         "steps_this_run": steps_run,
         "stopped_early": stopped,
         "collapse": collapse.warning,  # None, or the first logged step whose embedding spread was below 0.1
+        "guard": guard.record() if guard is not None else None,
+        "anchor_weight": config.anchor.weight,
         "resumed_from": start_step,
         "train_time_s": round(train_time, 3),
         "images_per_s": round(steps_run * config.batch_size / max(train_time, 1e-9), 2),
@@ -277,6 +302,70 @@ def train_ssl(
         "num_images": len(dataset),
         "rank_checksums": checksums,
     }
+
+
+def _param_groups(config: StageConfig, model: SSLMethod, params: list[nn.Parameter]) -> list[dict[str, Any]]:
+    """One group, or two during a head warm-up: the backbone's lr is 0 until head_warmup_steps."""
+    if not config.head_warmup_steps:
+        return [{"params": params, "is_backbone": False}]
+    in_backbone = {id(p) for p in model.backbone.parameters()}
+    log.info("%s: head warm-up for %d steps (backbone lr 0), then all trainable weights", config.name,
+             config.head_warmup_steps)
+    return [{"params": [p for p in params if id(p) in in_backbone], "is_backbone": True},
+            {"params": [p for p in params if id(p) not in in_backbone], "is_backbone": False}]
+
+
+def _reestimate_start(config: StageConfig, dataset: Any, per_rank: int, mean: Any, std: Any, side: int,
+                      backbone: ResNet, info: distributed.DistInfo) -> None:
+    """The start's BatchNorm statistics re-estimated on the stage's images (as the Base baseline has them), so
+    that the guard's reading at step 0 - and a roll-back to it - is the Base at its best. Training uses batch
+    statistics, so this changes only the running statistics the stage starts from."""
+    batches = (images for images, _ in itertools.islice(make_eval_loader(dataset, per_rank), config.guard.bn_batches))
+    transform = EvalTransform(mean, std, side).to(info.device)
+    seen = reestimate_bn_statistics(backbone, batches, transform, info.device)
+    log.info("%s: the start's BatchNorm statistics re-estimated over %d batches before the guard's first reading",
+             config.name, seen)
+
+
+def _guard_check(guard: Guard, step: int, config: StageConfig, model: SSLMethod, optimizer: torch.optim.Optimizer,
+                 saver: _Saver, info: distributed.DistInfo) -> bool:
+    """Read the signal (rank 0), act on the guard's decision on every rank; True when the stage stops here."""
+    action = None
+    if info.is_main:
+        action = guard.observe(step, guard.read(step, model.backbone), config.steps)
+        log.info("%s step %d: guard: %s", config.name, step, action.message)
+    action = distributed.all_gather_objects(action)[0]  # the decision is rank 0's, taken by every rank
+    guard.lr_scale = action.lr_scale
+    if action.keep:
+        saver.save(step, {"guard": guard.state()}, KEPT_DIR)
+    if action.rollback:
+        kept = load_state(saver.stage_dir / KEPT_DIR)
+        if kept is None:
+            raise HptError(f"the guard's kept state in {saver.stage_dir / KEPT_DIR} is missing; delete "
+                           f"{saver.stage_dir} and train the stage again")
+        model.load_state_dict(kept["model"])
+        optimizer.load_state_dict(kept["optimizer"])
+        log.info("%s step %d: rolled back to the guard's kept step %d", config.name, step, int(kept["step"]))
+    return action.stop
+
+
+class _Saver:
+    """Writes the stage's resume state (or the guard's kept state) on rank 0; every rank waits for it."""
+
+    def __init__(self, stage_dir: Path, model: SSLMethod, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, semantic: dict[str, Any], queue_size: int | None,
+                 info: distributed.DistInfo) -> None:
+        self.stage_dir, self.model, self.optimizer, self.scaler = stage_dir, model, optimizer, scaler
+        self.semantic, self.queue_size, self.info = semantic, queue_size, info
+
+    def save(self, step: int, extra: dict[str, Any] | None = None, folder: str = "state") -> None:
+        if self.info.is_main:
+            save_state(self.stage_dir / folder, {
+                "step": step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": rng_state(), "semantic": self.semantic,
+                "queue_size": self.queue_size, **(extra or {}),
+            })
+        distributed.barrier()
 
 
 def _load_continued(model: SSLMethod, weights: dict[str, torch.Tensor], backbone: ResNet, name: str) -> None:
@@ -299,43 +388,8 @@ def _load_continued(model: SSLMethod, weights: dict[str, torch.Tensor], backbone
     log.info("%s: continuing the previous stage's head, key encoder and queue", name)
 
 
-def _save(stage_dir: Path, model: SSLMethod, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-          step: int, semantic: dict[str, Any], queue_size: int | None, info: distributed.DistInfo,
-          extra: dict[str, Any] | None = None) -> None:
-    if info.is_main:
-        save_state(stage_dir / "state", {
-            "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(), "rng": rng_state(), "semantic": semantic, "queue_size": queue_size,
-            **(extra or {}),
-        })
-    distributed.barrier()
-
-
 def scheduled_lr(peak: float, step: int, steps: int, warmup_steps: int = 0) -> float:
     """The lr of optimizer step `step` (0-based): linear warm-up to `peak`, then cosine decay to 0 at `steps`."""
     if step < warmup_steps:
         return peak * (step + 1) / warmup_steps
     return peak * 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / (steps - warmup_steps)))
-
-
-def restore_batchnorm(module: nn.Module) -> None:
-    """Replace every SyncBatchNorm below `module` by a SplitBatchNorm2d (one split) with the same state."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.SyncBatchNorm):
-            plain = SplitBatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum,
-                                     affine=child.affine, track_running_stats=child.track_running_stats)
-            plain.load_state_dict(child.state_dict())
-            plain.to(next(iter(child.state_dict().values())).device)
-            for p_new, p_old in zip(plain.parameters(), child.parameters(), strict=True):
-                p_new.requires_grad_(p_old.requires_grad)
-            plain.train(child.training)
-            setattr(module, name, plain)
-        else:
-            restore_batchnorm(child)
-
-
-def average_bn_statistics(backbone: ResNet) -> None:
-    for module in backbone.modules():
-        if isinstance(module, nn.BatchNorm2d) and module.running_mean is not None:
-            distributed.all_reduce_mean_(module.running_mean)
-            distributed.all_reduce_mean_(module.running_var)

@@ -1,7 +1,7 @@
 """The experiment YAML: one Base, one labelled Target (and a Source), stage defaults, budgets, evaluation.
 
-Every experiment kind (compare, sequential, augment, datasize, convergence, bases) reads the same file, so one
-file describes a target and all of its studies; runs that several studies share are trained once.
+Every experiment kind (compare, sequential, augment, datasize, convergence, bases, sweep) reads the same file, so
+one file describes a target and all of its studies; runs that several studies share are trained once.
 """
 
 from __future__ import annotations
@@ -10,12 +10,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from hpt.augment import AUGMENTATIONS
 from hpt.config import apply_overrides, from_dict, load_yaml
 from hpt.data import parse_data_spec
 from hpt.errors import HptError
 from hpt.eval.suite import EvalSuiteConfig
 from hpt.hierarchy import STAGE_KEYS, BaseConfig
-from hpt.augment import AUGMENTATIONS
+from hpt.stage import RUNTIME_KEYS
+
+#: Stage settings an experiment sets itself for each variant (not in defaults, not swept).
+FIXED_KEYS = frozenset({"name", "data", "steps", "train", "continue_method"})
+
+#: The kinds of stage a recipe may set: Target's, HPT's, HPT-BN's, and the source stage.
+RECIPE_KINDS = ("target", "hpt", "hpt_bn", "source")
 
 #: The paper's augmentation-robustness ladder: each level removes more (cumulatively).
 PAPER_AUGMENT_LEVELS: dict[str, list[str]] = {
@@ -51,6 +58,28 @@ class Budgets:
 
 
 @dataclass
+class SweepConfig:
+    """The sweep experiment: HPT's stage run at each value of one setting (dotted for nested ones, e.g.
+    moco.temperature), the value chosen on val."""
+
+    setting: str
+    values: list[Any]
+
+    def __post_init__(self) -> None:
+        top = self.setting.split(".")[0]
+        swept = STAGE_KEYS - FIXED_KEYS - RUNTIME_KEYS - {"seed"}
+        if top not in swept:
+            raise HptError(f"sweep.setting '{self.setting}' is not a stage setting a sweep may vary (seeds: use "
+                           f"'seeds:'; runtime settings change no result); valid: {', '.join(sorted(swept))}, "
+                           "dotted for nested ones such as moco.temperature")
+        if not self.values:
+            raise HptError(f"sweep.values is empty; give the values of {self.setting} to try, e.g. "
+                           "values: [0.01, 0.03, 0.1]")
+        if len({repr(v) for v in self.values}) != len(self.values):
+            raise HptError(f"sweep.values repeats a value ({self.values}); give each value once")
+
+
+@dataclass
 class ExperimentConfig:
     """What `hpt experiment KIND file.yaml` reads."""
 
@@ -76,13 +105,24 @@ class ExperimentConfig:
     # Pretraining seeds: every variant that trains is run once per seed (seed 0 is the stages' own default, so its
     # runs are the ones made without this setting); reports show the mean and the spread over the seeds.
     seeds: list[int] = field(default_factory=lambda: [0])
+    sweep: SweepConfig | None = None  # for the sweep experiment: one HPT setting and the values to try
+    # Stage settings of one kind of stage over `defaults`: `target` (Target, from random weights: the baseline's
+    # own from-scratch recipe), `hpt` (HPT's stage on the target), `hpt_bn`, `source` (the source stage of the
+    # sequential experiment). E.g. recipes: {target: {moco: {head_bn: true}}, hpt: {anchor: {weight: 1.0}}}.
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        fixed = {"name", "data", "steps", "train", "continue_method"}  # set by the experiment for each variant
         for key in self.defaults:
-            if key not in STAGE_KEYS or key in fixed:
+            if key not in STAGE_KEYS or key in FIXED_KEYS:
                 raise HptError(f"defaults.{key} is not a stage setting an experiment may set; valid: "
-                               f"{', '.join(sorted(STAGE_KEYS - fixed))}")
+                               f"{', '.join(sorted(STAGE_KEYS - FIXED_KEYS))}")
+        for kind, settings in self.recipes.items():
+            if kind not in RECIPE_KINDS:
+                raise HptError(f"recipes.{kind}: not a kind of stage; valid: {', '.join(RECIPE_KINDS)}")
+            for key in settings or {}:
+                if key not in STAGE_KEYS or key in FIXED_KEYS:
+                    raise HptError(f"recipes.{kind}.{key} is not a stage setting an experiment may set; valid: "
+                                   f"{', '.join(sorted(STAGE_KEYS - FIXED_KEYS))}")
         for level, removed in self.augment_levels.items():
             unknown = [a for a in removed if a not in AUGMENTATIONS]
             if unknown:

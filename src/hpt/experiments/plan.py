@@ -20,7 +20,7 @@ from hpt.hierarchy import BaseConfig
 from hpt.models import inspect_checkpoint
 from hpt.stage import StageConfig
 
-KINDS = ("compare", "sequential", "augment", "datasize", "convergence", "bases")
+KINDS = ("compare", "sequential", "augment", "datasize", "convergence", "bases", "sweep")
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Variant:
     series: str = ""
     x: Any = None
     snapshot: int | None = None  # evaluate the last stage's backbone saved at this step, not its final one
+    setting: str | None = None  # the sweep experiment: the (dotted) stage setting whose value `x` is
 
     def stage_ids(self) -> list[str]:
         """Content ids: hash(start, stage 1..i settings) for every stage i."""
@@ -99,7 +100,7 @@ def expand(kind: str, config: ExperimentConfig) -> list[Variant]:
     if kind not in KINDS:
         raise HptError(f"unknown experiment '{kind}'; choose from {', '.join(KINDS)}")
     variants = {"compare": _compare, "sequential": _sequential, "augment": _augment, "datasize": _datasize,
-                "convergence": _convergence, "bases": _bases}[kind](config)
+                "convergence": _convergence, "bases": _bases, "sweep": _sweep}[kind](config)
     if config.seeds == [0]:
         return variants
     return [_with_seed(v, seed) for v in variants for seed in (config.seeds if v.stages else config.seeds[:1])]
@@ -117,8 +118,11 @@ class _Builder:
         self.config = config
         self.target_data = _train_split(config.target)
 
-    def stage(self, name: str, data: str, steps: int, train: str = "all", **extra: Any) -> StageConfig:
-        settings = deep_merge(self.config.defaults, {"name": name, "data": data, "steps": steps, "train": train})
+    def stage(self, name: str, data: str, steps: int, train: str = "all", recipe: str | None = None,
+              **extra: Any) -> StageConfig:
+        """A stage: the defaults, then the recipe of its kind (target, hpt, hpt_bn, source), then `extra`."""
+        settings = deep_merge(self.config.defaults, self.config.recipes.get(recipe or "") or {})
+        settings = deep_merge(settings, {"name": name, "data": data, "steps": steps, "train": train})
         if self.config.convergence_mode == "snapshots" and train in ("all", "bn"):
             # A runtime setting (not part of the stage's id): any run may later serve as a convergence curve.
             settings["keep_backbones"] = [k for k in self.config.convergence_steps if k < steps]
@@ -152,18 +156,21 @@ class _Builder:
 
     def hpt(self, experiment: str, label: str = "HPT", steps: int | None = None, data: str | None = None,
             start: BaseConfig | None = None, prefix: list[StageConfig] | None = None, **kw: Any) -> Variant:
-        extra = {**kw.pop("stage_extra", {}), **self.hpt_settings(self.config.budgets.hpt_lr)}
-        stage = self.stage("target", data or self.target_data, steps or self.config.budgets.hpt, "all", **extra)
+        # the variant's own settings (an augmentation level, a swept value) over the budgets' HPT settings
+        extra = deep_merge(self.hpt_settings(self.config.budgets.hpt_lr), kw.pop("stage_extra", {}))
+        stage = self.stage("target", data or self.target_data, steps or self.config.budgets.hpt, "all", "hpt", **extra)
         return Variant(experiment, label, start or self.base(), [*(prefix or []), stage], **kw)
 
     def hpt_bn(self, experiment: str, steps: int | None = None, data: str | None = None, **kw: Any) -> Variant:
         extra = self.hpt_settings(self.config.budgets.hpt_bn_lr)
-        stage = self.stage("target-bn", data or self.target_data, steps or self.config.budgets.hpt_bn, "bn", **extra)
+        stage = self.stage("target-bn", data or self.target_data, steps or self.config.budgets.hpt_bn, "bn", "hpt_bn",
+                           **extra)
         return Variant(experiment, "HPT-BN", self.base(), [stage], **kw)
 
     def target(self, experiment: str, steps: int | None = None, data: str | None = None, **kw: Any) -> Variant:
         extra = kw.pop("stage_extra", {})
-        stage = self.stage("target", data or self.target_data, steps or self.config.budgets.target, "all", **extra)
+        stage = self.stage("target", data or self.target_data, steps or self.config.budgets.target, "all", "target",
+                           **extra)
         return Variant(experiment, "Target", self.random(), [stage], **kw)
 
     def random_variant(self, experiment: str) -> Variant:
@@ -184,7 +191,7 @@ def _sequential(config: ExperimentConfig) -> list[Variant]:
     target_stats = b.stage("bn-stats", b.target_data, config.budgets.bn_stats, "bn-stats")
     with_source, with_both = [], []
     for spec in config.sources:
-        source = b.stage("source", _train_split(spec), config.budgets.source, "all")
+        source = b.stage("source", _train_split(spec), config.budgets.source, "all", "source")
         suffix = f" ({source_name(spec)})" if len(config.sources) > 1 else ""
         with_source.append(Variant("sequential", f"B+S{suffix}", b.base(), [source, target_stats], series="B+S"))
         with_both.append(b.hpt("sequential", f"B+S+T{suffix}", prefix=[source], series="B+S+T"))
@@ -243,6 +250,27 @@ def _bases(config: ExperimentConfig) -> list[Variant]:
         rows.append(b.base_variant("bases", checkpoint=checkpoint, series="Base", x=label))
         rows.append(b.hpt("bases", start=b.base(checkpoint), series="HPT", x=label))
     return rows
+
+
+def _sweep(config: ExperimentConfig) -> list[Variant]:
+    """The Base, and HPT at each value of the swept setting (series HPT, x the value)."""
+    if config.sweep is None:
+        raise HptError("the sweep experiment needs 'sweep:', a stage setting of HPT and the values to try, e.g. "
+                       "sweep: {setting: lr, values: [0.01, 0.03, 0.1]} (dotted for nested ones: moco.temperature)")
+    b = _Builder(config)
+    setting = config.sweep.setting
+    rows = [b.base_variant("sweep")]
+    for value in config.sweep.values:
+        rows.append(b.hpt("sweep", series="HPT", x=value, setting=setting, stage_extra=nested(setting, value)))
+    return rows
+
+
+def nested(path: str, value: Any) -> dict[str, Any]:
+    """{'moco': {'temperature': 0.1}} from 'moco.temperature' and 0.1."""
+    settings: Any = value
+    for part in reversed(path.split(".")):
+        settings = {part: settings}
+    return settings
 
 
 def _train_split(data: str) -> str:

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpt.atomic import atomic_write_text
 from hpt import distributed
+from hpt.atomic import atomic_write_text
+from hpt.errors import HptError
 from hpt.eval.suite import EvalSuite
 from hpt.experiments.config import ExperimentConfig
 from hpt.experiments.moved import existing_stage_ids
 from hpt.experiments.plan import Variant, expand
-from hpt.errors import HptError
 from hpt.models import ResNet, build_backbone
 from hpt.stage import run_stage
 
@@ -90,7 +90,8 @@ def run_variant(variant: Variant, out: Path, suite: EvalSuite, info: distributed
     if variant.snapshot is not None and times:  # the share of the last stage's time spent before the snapshot
         times[-1] *= variant.snapshot / variant.stages[-1].steps
     pretrain_s = sum(times)
-    return [_row(variant, record, pretrain_s, result_id) for record in records]
+    health = stage_health(variant, summaries)
+    return [{**_row(variant, record, pretrain_s, result_id), **health} for record in records]
 
 
 def _snapshot(path: Path) -> ResNet:
@@ -105,9 +106,34 @@ def _name(variant: Variant) -> str:
     return variant.label if variant.x is None else f"{variant.label} @ {variant.x}"
 
 
+GUARD_FIELDS = ("signal", "kept_step", "kept_value", "reason", "rolled_back")
+
+
+def stage_health(variant: Variant, summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last gradient stage's collapse warning and guard: {"collapse": None or {"step", "spread"}, "guard": None
+    or its signal, kept_step, kept_value, reason, rolled_back}. Only a collapse before the evaluated backbone counts:
+    a snapshot's step, or the step a guard rolled back to. A snapshot has no guard (the guard chose the final one)."""
+    trained = [i for i, stage in enumerate(variant.stages) if stage.train in ("all", "bn")]
+    if not trained or len(summaries) <= trained[-1]:
+        return {"collapse": None, "guard": None}
+    summary = summaries[trained[-1]]
+    snapshot = variant.snapshot if trained[-1] == len(variant.stages) - 1 else None
+    found = summary.get("guard")
+    guard = {key: found.get(key) for key in GUARD_FIELDS} if found and snapshot is None else None
+    evaluated = snapshot  # the step of the evaluated backbone, where it is not the run's last one
+    if guard is not None and guard.get("rolled_back"):
+        evaluated = guard.get("kept_step")
+    collapse = summary.get("collapse") or None
+    if collapse and evaluated is not None and collapse["step"] > evaluated:
+        collapse = None
+    return {"collapse": collapse, "guard": guard}
+
+
 def _row(variant: Variant, record: dict[str, Any], pretrain_s: float, result_id: str) -> dict[str, Any]:
-    """One line of results.csv: which variant, which protocol, the score with its interval, and the cost."""
+    """One line of results.csv: which variant, which protocol, the val score the choices are made on, the test score
+    with its interval, and the cost."""
     seeds = record["seeds"]
+    vals = [run.get("val") for run in seeds.get("runs") or []]
     return {
         "experiment": variant.experiment,
         "variant": variant.label,
@@ -117,6 +143,7 @@ def _row(variant: Variant, record: dict[str, Any], pretrain_s: float, result_id:
         "start": variant.start.checkpoint,
         "protocol": record["protocol"],
         "metric": record["metric"],
+        "val": sum(vals) / len(vals) if vals and None not in vals else None,  # mean over the classifier's seeds
         "test": record["test"],
         "low": record["interval"][0],
         "high": record["interval"][1],
@@ -132,5 +159,6 @@ def _row(variant: Variant, record: dict[str, Any], pretrain_s: float, result_id:
         "eval_dir": f"stages/{result_id}/eval/{variant.eval_name}",  # relative to OUT
         "backbone_sha256": record["backbone"]["weights_sha256"],
         "pretrain_seed": variant.stages[-1].seed if variant.stages else None,
+        "setting": variant.setting,  # the sweep experiment's setting, whose value is x
         "test_correct": record.get("test_correct"),  # per seed, packed per-image outcomes (not in results.csv)
     }

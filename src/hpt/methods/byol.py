@@ -121,8 +121,10 @@ class BYOL(nn.Module):
             self.momentum_update()
             t1, t2 = F.normalize(self.target_projector(self.target_backbone.forward_features(both)).float(),
                                  dim=1).chunk(2, dim=0)
-        p = self.predictor(self.projector(self.backbone.forward_features(both))).float()
+        features = self.backbone.forward_features(both)
+        p = self.predictor(self.projector(features)).float()
         p1, p2 = F.normalize(p, dim=1).chunk(2, dim=0)
         cosine = torch.cat([(p1 * t2).sum(dim=1), (p2 * t1).sum(dim=1)])
         loss = (2.0 - 2.0 * cosine).mean()
-        return MocoOutput(loss=loss, accuracy=cosine.mean().detach(), embeddings=p1.detach())
+        return MocoOutput(loss=loss, accuracy=cosine.mean().detach(), embeddings=p1.detach(),
+                          features=features, feature_inputs=both)

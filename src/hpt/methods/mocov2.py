@@ -30,6 +30,9 @@ class MocoV2Config:
     momentum: float = 0.999  # key-encoder EMA
     temperature: float = 0.2
     bn_splits: int = 8  # BatchNorm groups per global batch for shuffle-BN (MoCo: 8 GPUs x 32 images)
+    # BatchNorm after the projection head's hidden layer (as SimCLR, BYOL and MoCo-v3 heads). MoCo-v2 has none;
+    # from random weights it lets training escape the narrow cone a random network maps all images into.
+    head_bn: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.momentum < 1.0:
@@ -58,11 +61,20 @@ def auto_queue_size(steps: int, global_batch: int, num_images: int, min_refreshe
     return size, f"queue of {size:,} keys, bounded by {reason}"
 
 
-class ProjectionHead(nn.Sequential):
-    """fc -> ReLU -> fc, no BatchNorm (MoCo-v2)."""
+class SplitBatchNorm1d(SplitBatchNorm2d):
+    """BatchNorm of (N, C) vectors that follows the shuffle-BN groups of the backbone's SplitBatchNorm2d."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
-        super().__init__(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return super().forward(input[:, :, None, None]).flatten(1)
+
+
+class ProjectionHead(nn.Sequential):
+    """fc -> ReLU -> fc (MoCo-v2), or fc -> BatchNorm -> ReLU -> fc with `batch_norm`."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = False) -> None:
+        hidden: list[nn.Module] = [SplitBatchNorm1d(hidden_dim)] if batch_norm else []
+        super().__init__(nn.Linear(in_dim, hidden_dim), *hidden, nn.ReLU(inplace=True),
+                         nn.Linear(hidden_dim, out_dim))
 
 
 @dataclass
@@ -70,6 +82,10 @@ class MocoOutput:
     loss: torch.Tensor
     accuracy: torch.Tensor  # fraction of queries whose positive key has the highest logit
     embeddings: torch.Tensor  # detached, for the collapse watch at logged steps (methods/collapse.py)
+    # the backbone's pooled features (with gradients) of `feature_inputs`, the very batch the backbone saw (its
+    # BatchNorm statistics included): what the Base anchor compares with the frozen Base's features of that batch
+    features: torch.Tensor | None = None
+    feature_inputs: torch.Tensor | None = None
 
 
 class MocoV2(nn.Module):
@@ -80,7 +96,7 @@ class MocoV2(nn.Module):
         self.config = config
         self.backbone = backbone
         hidden = config.hidden_dim or backbone.feature_dim
-        self.head = ProjectionHead(backbone.feature_dim, hidden, config.dim)
+        self.head = ProjectionHead(backbone.feature_dim, hidden, config.dim, batch_norm=config.head_bn)
         self.backbone_k = copy.deepcopy(backbone)
         self.head_k = copy.deepcopy(self.head)
         for param in self.key_parameters():
@@ -131,7 +147,8 @@ class MocoV2(nn.Module):
         self.queue_ptr[0] = (ptr + keys.shape[0]) % size
 
     def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> MocoOutput:
-        q = F.normalize(self.head(self.backbone.forward_features(im_q)).float(), dim=1)
+        features = self.backbone.forward_features(im_q)
+        q = F.normalize(self.head(features).float(), dim=1)
         with torch.no_grad():
             self.momentum_update()
             k = self.encode_keys(im_k).float()
@@ -142,7 +159,7 @@ class MocoV2(nn.Module):
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(dim=1) == 0).float().mean().detach()
         self.enqueue(k)
-        return MocoOutput(loss=loss, accuracy=accuracy, embeddings=q.detach())
+        return MocoOutput(loss=loss, accuracy=accuracy, embeddings=q.detach(), features=features, feature_inputs=im_q)
 
 
 def _shuffle_across_ranks(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -147,6 +147,9 @@ class SimCLR(nn.Module):
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> MocoOutput:
         """NT-Xent loss of the two views; both go through the network as one batch (BatchNorm over all 2N)."""
-        z1, z2 = self.embed(torch.cat([view1, view2], dim=0)).chunk(2, dim=0)
+        both = torch.cat([view1, view2], dim=0)
+        features = self.backbone.forward_features(both)
+        z1, z2 = F.normalize(self.projector(features).float(), dim=1).chunk(2, dim=0)
         loss, accuracy = nt_xent(z1, z2, self.config.temperature)
-        return MocoOutput(loss=loss, accuracy=accuracy, embeddings=z1.detach())
+        return MocoOutput(loss=loss, accuracy=accuracy, embeddings=z1.detach(), features=features,
+                          feature_inputs=both)

@@ -13,9 +13,12 @@ from typing import Any
 
 from hpt.errors import HptError
 from hpt.report import figures
-from hpt.report.tables import experiment_table, merge_seeds, parity_sentences
+from hpt.report.parity import parity_sentences
+from hpt.report.selection import predate_val
+from hpt.report.sweep import sweep_table
+from hpt.report.tables import experiment_table, merge_seeds
 
-ORDER = ("compare", "sequential", "augment", "datasize", "convergence", "bases")
+ORDER = ("compare", "sequential", "augment", "datasize", "convergence", "bases", "sweep")
 TITLES = {
     "compare": "Base vs Target vs HPT vs HPT-BN",
     "sequential": "Sequential pretraining: B, B+S, B+T, B+S+T",
@@ -23,10 +26,12 @@ TITLES = {
     "datasize": "Pretraining-data robustness (fraction of the target's images)",
     "convergence": "Convergence: score against pretraining steps",
     "bases": "HPT from weaker and stronger bases",
+    "sweep": "One HPT setting swept, the value chosen on validation",
 }
-CSV_FIELDS = ("experiment", "variant", "series", "x", "protocol", "metric", "test", "low", "high", "seeds",
+CSV_FIELDS = ("experiment", "variant", "series", "x", "protocol", "metric", "val", "test", "low", "high", "seeds",
               "seed_std", "test_images", "pretrain_steps", "images_seen", "pretrain_wall_s", "eval_wall_s", "stages",
-              "start", "result_id", "eval_dir", "backbone_sha256", "pretrain_seed")
+              "start", "result_id", "eval_dir", "backbone_sha256", "pretrain_seed", "setting", "collapse_step",
+              "kept_step")
 
 
 def read_rows(out: Path) -> dict[str, list[dict[str, Any]]]:
@@ -51,15 +56,24 @@ def build_report(out: str | Path, title: str | None = None) -> Path:
     kinds = [k for k in ORDER if k in rows] + sorted(k for k in rows if k not in ORDER)
     _write_csv(out / "results.csv", [row for kind in kinds for row in rows[kind]])
     lines = [f"# {title or out.resolve().name}", "",
-             "Scores are test scores at the best validation score, in percent, with 95% bootstrap intervals over "
-             "the test images. Two variants differ 'beyond noise' when the 95% bootstrap interval of their "
-             "difference, resampling the same test images for both (paired), excludes 0 - or, where per-image "
-             "outcomes are not kept (AUROC), when their own intervals do not overlap. A difference 'within noise' "
-             "is not evidence. These intervals cover the test images' sampling only, not a new training seed.", ""]
+             "Scores are test scores, in percent, with 95% bootstrap intervals over the test images. Every choice "
+             "is made on validation scores and the test score is only read for what was chosen: the classifier's "
+             "step, the best row of a table ('best on val'), HPT's best point of a convergence curve and the value "
+             "of a sweep. A variant 'did not learn' when its embeddings collapsed or its score is not above random "
+             "weights beyond noise; no lead over it is claimed. Two variants differ 'beyond noise' when the 95% "
+             "bootstrap interval of their difference, resampling the same test images for both (paired), excludes "
+             "0 - or, where per-image outcomes are not kept (AUROC), when their own intervals do not overlap. A "
+             "difference 'within noise' is not evidence. These intervals cover the test images' sampling only, not "
+             "a new training seed.", ""]
+    older = [kind for kind in kinds if predate_val(rows[kind])]
+    if older:
+        lines += [f"The rows of {', '.join(older)} predate validation scores: there, the best row or point was "
+                  "chosen on test scores, which flatters it; run those experiments again (finished stages and "
+                  "evaluations are reused) to choose on val.", ""]
     for kind in kinds:
         merged = merge_seeds(rows[kind])  # results.csv keeps every seed's row; tables and figures their mean
         lines += [f"## {TITLES.get(kind, kind)}", ""]
-        lines.append(experiment_table(merged))
+        lines.append(sweep_table(merged) if kind == "sweep" else experiment_table(merged))
         if kind == "convergence":
             for protocol, sentence in parity_sentences(merged):
                 lines += [f"{protocol}: {sentence}", ""]
@@ -91,6 +105,8 @@ def _figures(kind: str, rows: list[dict[str, Any]], out: Path) -> list[Path]:
                                                     f"Linear separability - {kind}", group[0]["metric"])
                 if curve is not None:
                     made.append(curve)
+        elif kind == "sweep":
+            made.append(figures.sweep_values(group, folder / f"{name}.png", title))
         elif kind == "bases":
             made.append(figures.bars(group, folder / f"{name}.png", title))
         else:
@@ -105,4 +121,5 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**row, "collapse_step": (row.get("collapse") or {}).get("step"),
+                          "kept_step": (row.get("guard") or {}).get("kept_step")} for row in rows)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hpt.errors import HptError
+from hpt.report.selection import chosen_on
 from hpt.report.tables import difference_note, metric_name, score_cell, versus_best
 
 
@@ -32,9 +33,12 @@ def load_evaluation(path: str | Path) -> dict[str, Any]:
 
 
 def as_row(name: str, record: dict[str, Any]) -> dict[str, Any]:
-    """An evaluation record in the shape of a report row (what tables.py compares)."""
+    """An evaluation record in the shape of a report row (what tables.py compares); val is the mean over the
+    record's seeds of the val score at each one's chosen step (None for records that do not keep it)."""
+    vals = [run.get("val") for run in record["seeds"].get("runs") or []]
     return {"variant": name, "x": None, "protocol": record["protocol"], "metric": record["metric"],
-            "test": record["test"], "low": record["interval"][0], "high": record["interval"][1],
+            "val": sum(vals) / len(vals) if vals and None not in vals else None, "test": record["test"],
+            "low": record["interval"][0], "high": record["interval"][1],
             "seeds": record["seeds"]["count"], "seed_std": record["seeds"]["std"],
             "test_images": record["splits"]["sizes"]["test"], "test_correct": record.get("test_correct")}
 
@@ -63,6 +67,8 @@ def compare_evaluations(paths: list[str | Path], names: list[str] | None = None)
              "| evaluation | score | vs best |", "|---|---|---|"]
     lines += [f"| {row['variant']} | {score_cell(row)} | {versus_best(row, rows)} |" for row in rows]
     lines.append("")
+    if chosen_on(rows) == "test":
+        lines.append("The best evaluation was chosen on test scores: these records predate validation scores.")
     lines += [f"- {row['variant']} - {rows[0]['variant']}: {difference_note(row, rows[0])}" for row in rows[1:]]
     return "\n".join(lines)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from hpt.eval.curve import save_figure
-from hpt.report.tables import label, metric_name
+from hpt.report.noise import label, metric_name
+from hpt.report.sweep import chosen_value
 
 
 def _plt():  # noqa: ANN202
@@ -62,6 +63,30 @@ def lines(rows: list[dict[str, Any]], path: Path, title: str, xlabel: str, log_x
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(metric_name(rows))
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def sweep_values(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """The val score of every swept value (the chosen one ringed), and the Base's val score as a dashed line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.0, 3.8), dpi=120)
+    values = [r for r in rows if r["series"] == "HPT"]
+    scores = [100 * r["val"] if r.get("val") is not None else float("nan") for r in values]
+    ax.plot(range(len(values)), scores, marker="o", color="C0", label="HPT (val)")
+    chosen = chosen_value(values)
+    if chosen is not None and chosen.get("val") is not None:
+        at = next(i for i, r in enumerate(values) if r is chosen)
+        ax.plot([at], [100 * chosen["val"]], marker="o", markersize=12, fillstyle="none", color="C3",
+                linestyle="none", label="chosen on val")
+    base = next((r for r in rows if r["series"] == "Base" and r.get("val") is not None), None)
+    if base is not None:
+        ax.axhline(100 * base["val"], color="C1", linestyle="--", label="Base (val)")
+    ax.set_xticks(range(len(values)), [str(r["x"]) for r in values], fontsize=8)
+    ax.set_xlabel((values[0].get("setting") or "value") if values else "value")
+    ax.set_ylabel(f"val {metric_name(rows)}")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

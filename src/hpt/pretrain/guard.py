@@ -1,0 +1,227 @@
+"""The forgetting and collapse guard of a stage: keep the best checkpoint by a validation signal, roll back to it.
+
+Every `every` steps (and at the start and the end) the guard scores the backbone with a cheap signal on
+validation images (signals.py). It keeps the checkpoint with the best reading. When a reading falls below the
+kept one beyond noise, the stage rolls back to the kept checkpoint and stops (`on_drop: stop`), or rolls back and
+goes on at a lower learning rate (`on_drop: lower-lr`, at most `max_lowerings` times). Under `budget: auto` the
+stage also stops, rolled back to the kept checkpoint, once `patience` readings in a row have not improved beyond
+noise on the last reading that did. At the end of a stage the backbone is always the kept checkpoint, and the
+summary says which step was kept and why.
+
+"Beyond noise": for top-1 signals, the 95% paired bootstrap interval of the difference of two readings over the
+same validation images excludes 0; for other signals the difference exceeds `margin` (default: two standard
+errors of a top-1 reading, or 2% of a rank).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from hpt.errors import HptError
+from hpt.pretrain.signals import LabelledSignal, RankSignal, Reading
+
+log = logging.getLogger("hpt")
+
+
+@dataclass
+class GuardConfig:
+    """`guard:` of a stage."""
+
+    every: int = 100  # steps between readings (the start and the end are always read)
+    signal: Literal["auto", "knn", "linear", "rank"] = "auto"  # auto: knn if the data is labelled, else rank
+    data: str | None = None  # data whose validation split is read; None: the stage's own data
+    labels: int = 1000  # labelled training images used as the kNN memory (knn, linear)
+    images: int = 1000  # images whose features give the effective rank (rank)
+    on_drop: Literal["stop", "lower-lr"] = "stop"
+    lr_factor: float = 0.1  # on_drop lower-lr: multiply the lr by this at each roll-back
+    max_lowerings: int = 2  # on_drop lower-lr: after this many roll-backs the next drop stops the stage
+    patience: int = 3  # budget auto: readings without a gain beyond noise before the stage stops
+    margin: float | None = None  # the noise of signals without per-image outcomes (see the module's docstring)
+    bn_batches: int = 20  # batches that re-estimate the start's BatchNorm statistics before its reading
+
+    def __post_init__(self) -> None:
+        for name in ("every", "labels", "images", "patience", "bn_batches"):
+            if getattr(self, name) < 1:
+                raise HptError(f"guard.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.lr_factor < 1:
+            raise HptError(f"guard.lr_factor must be between 0 and 1, got {self.lr_factor}")
+        if self.max_lowerings < 0:
+            raise HptError(f"guard.max_lowerings must be >= 0, got {self.max_lowerings}")
+        if self.margin is not None and self.margin < 0:
+            raise HptError(f"guard.margin must be >= 0, got {self.margin}")
+
+
+@dataclass
+class GuardAction:
+    """What the loop does after a reading."""
+
+    keep: bool = False  # this checkpoint is the new best: save it as the kept state
+    rollback: bool = False  # load the kept state into the model and the optimizer
+    stop: bool = False  # end the stage (after the roll-back)
+    lr_scale: float = 1.0  # multiply the scheduled lr by this from now on
+    message: str = ""
+
+
+@dataclass
+class _Mark:
+    step: int
+    value: float
+    correct: np.ndarray | None = None
+
+
+@dataclass
+class Guard:
+    """The guard's bookkeeping and decisions; the loop saves and loads the states it asks for."""
+
+    config: GuardConfig
+    signal: Any
+    auto_budget: bool = False
+    history: list[tuple[int, float]] = field(default_factory=list)
+    kept: _Mark | None = None
+    reference: _Mark | None = None  # the last reading that improved beyond noise (budget auto)
+    stale: int = 0
+    lowerings: int = 0
+    lr_scale: float = 1.0
+    reason: str = ""
+    stopped_at: int | None = None
+
+    def due(self, step: int, last_step: int) -> bool:
+        return step % self.config.every == 0 or step == last_step
+
+    def read(self, step: int, backbone: torch.nn.Module) -> Reading:
+        reading = self.signal.read(backbone)
+        self.history.append((step, reading.value))
+        return reading
+
+    def observe(self, step: int, reading: Reading, last_step: int) -> GuardAction:
+        """Decide what follows a reading taken at `step` (the stage ends at `last_step`)."""
+        action = self._decide(step, reading, last_step)
+        action.lr_scale = self.lr_scale
+        return action
+
+    def _decide(self, step: int, reading: Reading, last_step: int) -> GuardAction:
+        mark = _Mark(step, reading.value, reading.correct)
+        name = self.signal.name
+        if self.kept is None:
+            self.kept = self.reference = mark
+            return GuardAction(keep=True, message=f"{name} {reading.value:.4f} at the start")
+        kept = self.kept
+        if self._beyond_noise(mark, kept) < 0:
+            return self._drop(mark, kept, last_step)
+        action = GuardAction()
+        if reading.value > kept.value:
+            self.kept, action.keep = mark, True
+        if self.reference is not None and self._beyond_noise(mark, self.reference) > 0:
+            self.reference, self.stale = mark, 0
+        else:
+            self.stale += 1
+        kept = self.kept
+        action.message = f"{name} {reading.value:.4f}" + ("; the best so far, kept" if action.keep else
+                                                         f"; kept: step {kept.step} ({kept.value:.4f})")
+        if self.auto_budget and self.stale >= self.config.patience and step < last_step:
+            self.reason = (f"budget auto: {self.stale} readings without a gain beyond noise over step "
+                           f"{self.reference.step if self.reference else 0}; kept step {kept.step} "
+                           f"({name} {kept.value:.4f}), the best reading")
+            return self._finish(action, step)
+        if step >= last_step:
+            self.reason = f"end of the budget; kept step {kept.step} ({name} {kept.value:.4f}), the best reading"
+            return self._finish(action, step)
+        return action
+
+    def _drop(self, mark: _Mark, kept: _Mark, last_step: int) -> GuardAction:
+        name = self.signal.name
+        fell = (f"{name} fell to {mark.value:.4f} at step {mark.step}, below step {kept.step}'s {kept.value:.4f} "
+                "beyond noise")
+        lower = self.config.on_drop == "lower-lr" and self.lowerings < self.config.max_lowerings
+        if lower and mark.step < last_step:
+            self.lowerings += 1
+            self.lr_scale *= self.config.lr_factor
+            self.stale = 0
+            return GuardAction(rollback=True,
+                               message=f"{fell}: rolled back to step {kept.step}, lr x{self.lr_scale:g} from here")
+        self.reason = f"{fell}: rolled back to step {kept.step} and stopped"
+        return self._finish(GuardAction(), mark.step)  # its message: the reason
+
+    def _finish(self, action: GuardAction, step: int) -> GuardAction:
+        assert self.kept is not None
+        action.stop = True
+        action.rollback = self.kept.step != step
+        self.stopped_at = step
+        action.message = f"{action.message}. {self.reason}" if action.message else self.reason
+        return action
+
+    def _beyond_noise(self, a: _Mark, b: _Mark) -> int:
+        """+1 if reading a is above b beyond noise, -1 if below, 0 if within noise."""
+        if a.correct is not None and b.correct is not None and len(a.correct) == len(b.correct):
+            from hpt.eval.paired import paired_difference_interval
+
+            interval = paired_difference_interval(a.correct, b.correct)
+            return 1 if interval.low > 0 else -1 if interval.high < 0 else 0
+        margin = self.margin(b.value)
+        return 1 if a.value > b.value + margin else -1 if a.value < b.value - margin else 0
+
+    def margin(self, value: float) -> float:
+        if self.config.margin is not None:
+            return self.config.margin
+        if isinstance(self.signal, RankSignal):
+            return 0.02 * value
+        n = self.signal.val_images
+        return 2.0 * float(np.sqrt(max(value * (1.0 - value), 1e-6) / max(n, 1)))
+
+    def record(self) -> dict[str, Any]:
+        """What summary.json, the log and the report say about the guard."""
+        kept = self.kept
+        return {"signal": self.signal.name, "every": self.config.every, "history": [list(h) for h in self.history],
+                "kept_step": kept.step if kept else None, "kept_value": kept.value if kept else None,
+                "reason": self.reason, "rolled_back": bool(kept and self.stopped_at is not None
+                                                           and kept.step != self.stopped_at),
+                "stopped_at": self.stopped_at, "lowerings": self.lowerings, "lr_scale": self.lr_scale}
+
+    def state(self) -> dict[str, Any]:
+        """The guard's part of the resume state (plain values and tensors: loadable with weights_only)."""
+        def mark(m: _Mark | None) -> dict[str, Any] | None:
+            if m is None:
+                return None
+            correct = None if m.correct is None else torch.from_numpy(m.correct.astype(np.bool_))
+            return {"step": m.step, "value": m.value, "correct": correct}
+
+        return {"history": [list(h) for h in self.history], "kept": mark(self.kept), "reference": mark(self.reference),
+                "stale": self.stale, "lowerings": self.lowerings, "lr_scale": self.lr_scale}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        def mark(d: dict[str, Any] | None) -> _Mark | None:
+            if d is None:
+                return None
+            correct = None if d["correct"] is None else d["correct"].numpy().astype(bool)
+            return _Mark(int(d["step"]), float(d["value"]), correct)
+
+        self.history = [(int(s), float(v)) for s, v in state["history"]]
+        self.kept, self.reference = mark(state["kept"]), mark(state["reference"])
+        self.stale, self.lowerings, self.lr_scale = int(state["stale"]), int(state["lowerings"]), float(
+            state["lr_scale"])
+
+
+def build_guard(config: GuardConfig, stage_data: str, device: torch.device, auto_budget: bool) -> Guard:
+    """The guard of a stage, its signal chosen (signal auto: knn where the data has labels, else rank)."""
+    data = config.data or stage_data
+    kind = config.signal
+    if kind == "auto":
+        kind = "knn" if _labelled(data) else "rank"
+    signal = RankSignal(data, config.images, device) if kind == "rank" else LabelledSignal(data, kind, config.labels,
+                                                                                             device)
+    return Guard(config, signal, auto_budget)
+
+
+def _labelled(data: str) -> bool:
+    from hpt.data import open_any
+
+    try:
+        dataset = open_any(data)
+    except HptError:
+        return False
+    return getattr(dataset, "labels", None) is not None

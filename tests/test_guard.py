@@ -1,0 +1,134 @@
+"""The forgetting and collapse guard: keep the best checkpoint by a validation signal, roll back on a drop."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hpt.errors import HptError
+from hpt.models import build_backbone, weights_sha256
+from hpt.pretrain import guard as guard_module
+from hpt.pretrain.guard import Guard, GuardConfig
+from hpt.pretrain.signals import Reading, effective_rank
+from hpt.stage import run_stage
+
+from .test_stage import stage, tiny_backbone
+
+VAL = 400  # validation images of the scripted signal
+
+
+def outcomes(accuracy: float) -> np.ndarray:
+    """Per-image outcomes with exactly `accuracy` of VAL right, drawn independently for each accuracy, as two
+    readings of different checkpoints are: a one-point difference is then within the paired noise."""
+    order = np.random.default_rng(round(accuracy * 1000)).permutation(VAL)
+    correct = np.zeros(VAL, dtype=bool)
+    correct[order[: round(accuracy * VAL)]] = True
+    return correct
+
+
+class ScriptedSignal:
+    """A signal that reads a scripted accuracy at each call, whatever the backbone (a synthetic run)."""
+
+    name = "knn"
+    val_images = VAL
+
+    def __init__(self, accuracies: list[float]) -> None:
+        self.values: Iterator[float] = iter(accuracies)
+
+    def read(self, backbone: torch.nn.Module) -> Reading:
+        value = next(self.values)
+        return Reading(value, outcomes(value))
+
+
+def decide(accuracies: list[float], every: int, last: int, **config: object) -> list[object]:
+    guard = Guard(GuardConfig(every=every, **config), ScriptedSignal(accuracies))  # type: ignore[arg-type]
+    actions = []
+    for i in range(len(accuracies)):
+        step = i * every
+        actions.append(guard.observe(step, guard.read(step, torch.nn.Identity()), last))
+        if actions[-1].stop:
+            break
+    return [guard, *actions]
+
+
+def test_guard_keeps_the_best_and_rolls_back_and_stops_on_a_drop_beyond_noise() -> None:
+    guard, *actions = decide([0.70, 0.74, 0.76, 0.75, 0.60], every=10, last=100)
+    assert [a.keep for a in actions] == [True, True, True, False, False]
+    assert not any(a.stop for a in actions[:4])  # 0.75 after 0.76 is within noise: go on
+    assert actions[-1].stop and actions[-1].rollback
+    record = guard.record()
+    assert record["kept_step"] == 20 and record["kept_value"] == 0.76 and record["rolled_back"]
+    assert record["stopped_at"] == 40 and "fell to 0.6000 at step 40" in record["reason"]
+
+
+def test_guard_lowers_the_lr_on_a_drop_then_stops_after_the_allowed_lowerings() -> None:
+    guard, *actions = decide([0.70, 0.60, 0.62, 0.50], every=10, last=100, on_drop="lower-lr", max_lowerings=2)
+    assert actions[1].rollback and not actions[1].stop and actions[1].lr_scale == pytest.approx(0.1)
+    assert actions[2].rollback and not actions[2].stop and actions[2].lr_scale == pytest.approx(0.01)
+    assert actions[3].stop and actions[3].rollback and guard.record()["kept_step"] == 0
+
+
+def test_budget_auto_stops_when_the_signal_stops_improving_beyond_noise() -> None:
+    guard = Guard(GuardConfig(every=10, patience=2), ScriptedSignal([0.60, 0.70, 0.71, 0.72, 0.90]),  # type: ignore[arg-type]
+                  auto_budget=True)
+    stops = []
+    for step in (0, 10, 20, 30):
+        stops.append(guard.observe(step, guard.read(step, torch.nn.Identity()), 100).stop)
+    assert stops == [False, False, False, True]  # 0.71 and 0.72 are within noise of 0.70
+    record = guard.record()
+    assert record["kept_step"] == 30 and not record["rolled_back"] and "budget auto" in record["reason"]
+
+
+def test_guard_state_round_trips_for_resume() -> None:
+    guard, *_ = decide([0.70, 0.74], every=10, last=100)
+    other = Guard(GuardConfig(every=10), ScriptedSignal([]))  # type: ignore[arg-type]
+    other.load_state(guard.state())
+    assert other.history == guard.history and other.kept.step == 10
+    assert np.array_equal(other.kept.correct, outcomes(0.74))
+
+
+def test_effective_rank_is_one_for_collapsed_features_and_the_dimension_for_isotropic_ones() -> None:
+    torch.manual_seed(0)
+    assert effective_rank(torch.ones(100, 16)) == pytest.approx(1.0, abs=1e-3)
+    assert effective_rank(torch.randn(4000, 16)) > 15.0
+
+
+def test_guard_settings_are_validated(tiny_npz: Path) -> None:
+    with pytest.raises(HptError, match="guard.lr_factor must be between 0 and 1"):
+        GuardConfig(lr_factor=1.5)
+    with pytest.raises(HptError, match="guard.every must be >= 1"):
+        GuardConfig(every=0)
+    assert stage(tiny_npz, budget="auto").guard == GuardConfig()  # auto brings a default guard
+
+
+def test_stage_rolls_back_to_the_kept_checkpoint_on_a_synthetic_degrading_run(
+        tiny_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(guard_module, "LabelledSignal",
+                        lambda *args: ScriptedSignal([0.50, 0.60, 0.70, 0.40, 0.99]))
+    config = stage(tiny_npz, steps=8, guard={"every": 2}, keep_backbones=[4])
+    backbone = tiny_backbone()
+    result = run_stage(config, backbone, tmp_path)
+    summary = result.summary
+    guard = summary["guard"]
+    assert guard["signal"] == "knn" and guard["kept_step"] == 4 and guard["rolled_back"]
+    assert guard["history"] == [[0, 0.5], [2, 0.6], [4, 0.7], [6, 0.4]]
+    assert summary["steps_done"] == 6 and summary["stopped_early"]["step"] == 6
+    kept, _ = build_backbone(str(tmp_path / "s" / "backbone-step4.safetensors"))
+    final, _ = build_backbone(str(tmp_path / "s" / "backbone.safetensors"))
+    assert weights_sha256(final) == weights_sha256(kept) == summary["backbone_sha256"]
+    saved = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert saved["guard"]["reason"].startswith("knn fell to 0.4000 at step 6")
+
+
+def test_guard_with_a_real_signal_reads_the_start_and_keeps_a_step(tiny_npz: Path, tmp_path: Path) -> None:
+    config = stage(tiny_npz, steps=4, guard={"every": 2, "labels": 16})
+    result = run_stage(config, tiny_backbone(), tmp_path)
+    guard = result.summary["guard"]
+    assert [h[0] for h in guard["history"]] == [0, 2, 4] and guard["kept_step"] in (0, 2, 4)
+    assert all(0.0 <= v <= 1.0 for _, v in guard["history"])
+    assert (tmp_path / "s" / "guard-kept" / "last.pt").exists()
