@@ -49,3 +49,40 @@ def test_a_stage_logs_the_spread_of_every_method(method: str, tiny_npz: Path, tm
     assert len(spreads) == 4 and all(0.0 <= value <= 1.5 for value in spreads)
     warning = result.summary["collapse"]  # None, or the first logged step after the warm-up below the threshold
     assert warning is None or (warning["step"] >= 1 and warning["spread"] < 0.1)
+
+
+def test_alignment_is_zero_for_identical_pairs_and_two_for_orthogonal_ones() -> None:
+    from hpt.methods.collapse import alignment
+
+    torch.manual_seed(0)
+    z = torch.randn(64, 16)
+    assert alignment(z, z).item() == pytest.approx(0.0, abs=1e-6)
+    assert alignment(z, 3.0 * z).item() == pytest.approx(0.0, abs=1e-6)  # the scale of a row does not count
+    eye = torch.eye(8)
+    assert alignment(eye[:4], eye[4:]).item() == pytest.approx(2.0, abs=1e-6)
+    assert alignment(z, -z).item() == pytest.approx(4.0, abs=1e-5)
+    noisy = alignment(z, z + 0.3 * torch.randn(64, 16)).item()
+    assert 0.01 < noisy < 0.5
+
+
+def test_alignment_refuses_batches_of_different_shapes() -> None:
+    from hpt.methods.collapse import alignment
+
+    with pytest.raises(ValueError, match="same shape"):
+        alignment(torch.randn(4, 8), torch.randn(5, 8))
+
+
+def test_uniformity_is_zero_when_collapsed_and_clearly_negative_when_spread() -> None:
+    from hpt.methods.collapse import uniformity
+
+    torch.manual_seed(0)
+    one_point = torch.randn(1, 32).repeat(256, 1)
+    assert uniformity(one_point).item() == pytest.approx(0.0, abs=1e-5)
+    spread_out = torch.randn(2048, 128)
+    value = uniformity(spread_out).item()
+    assert value == pytest.approx(-4.0, abs=0.1)  # ||zi - zj||^2 is about 2 for random directions in 128-d
+    narrow_cone = torch.randn(1, 128) + 0.1 * torch.randn(256, 128)
+    assert value < uniformity(narrow_cone).item() < 0.0
+    eye = torch.eye(4)  # every pair at squared distance 2: log(exp(-2 * 2)) = -4 exactly
+    assert uniformity(eye).item() == pytest.approx(-4.0, abs=1e-5)
+    assert uniformity(eye, t=1.0).item() == pytest.approx(-2.0, abs=1e-5)
