@@ -57,13 +57,22 @@ def decide(accuracies: list[float], every: int, last: int, **config: object) -> 
 
 
 def test_guard_keeps_the_best_and_rolls_back_and_stops_on_a_drop_beyond_noise() -> None:
-    guard, *actions = decide([0.70, 0.74, 0.76, 0.75, 0.60], every=10, last=100)
+    guard, *actions = decide([0.60, 0.70, 0.80, 0.79, 0.60], every=10, last=100)
     assert [a.keep for a in actions] == [True, True, True, False, False]
-    assert not any(a.stop for a in actions[:4])  # 0.75 after 0.76 is within noise: go on
+    assert not any(a.stop for a in actions[:4])  # 0.79 after 0.80 is within noise: go on
     assert actions[-1].stop and actions[-1].rollback
     record = guard.record()
-    assert record["kept_step"] == 20 and record["kept_value"] == 0.76 and record["rolled_back"]
+    assert record["kept_step"] == 20 and record["kept_value"] == 0.80 and record["rolled_back"]
     assert record["stopped_at"] == 40 and "fell to 0.6000 at step 40" in record["reason"]
+
+
+def test_a_gain_within_noise_does_not_replace_the_start_unless_keep_best() -> None:
+    guard, *actions = decide([0.70, 0.72, 0.73], every=10, last=20)
+    assert [a.keep for a in actions] == [True, False, False]
+    record = guard.record()
+    assert record["kept_step"] == 0 and record["rolled_back"] and "no later reading above it" in record["reason"]
+    guard, *actions = decide([0.70, 0.72, 0.73], every=10, last=20, keep="best")
+    assert [a.keep for a in actions] == [True, True, True] and guard.record()["kept_step"] == 20
 
 
 def test_guard_lowers_the_lr_on_a_drop_then_stops_after_the_allowed_lowerings() -> None:
@@ -81,11 +90,11 @@ def test_budget_auto_stops_when_the_signal_stops_improving_beyond_noise() -> Non
         stops.append(guard.observe(step, guard.read(step, torch.nn.Identity()), 100).stop)
     assert stops == [False, False, False, True]  # 0.71 and 0.72 are within noise of 0.70
     record = guard.record()
-    assert record["kept_step"] == 30 and not record["rolled_back"] and "budget auto" in record["reason"]
+    assert record["kept_step"] == 10 and record["rolled_back"] and "budget auto" in record["reason"]
 
 
 def test_guard_state_round_trips_for_resume() -> None:
-    guard, *_ = decide([0.70, 0.74], every=10, last=100)
+    guard, *_ = decide([0.60, 0.74], every=10, last=100)
     other = Guard(GuardConfig(every=10), ScriptedSignal([]))  # type: ignore[arg-type]
     other.load_state(guard.state())
     assert other.history == guard.history and other.kept.step == 10

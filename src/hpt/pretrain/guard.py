@@ -1,8 +1,9 @@
 """The forgetting and collapse guard of a stage: keep the best checkpoint by a validation signal, roll back to it.
 
 Every `every` steps (and at the start and the end) the guard scores the backbone with a cheap signal on
-validation images (signals.py). It keeps the checkpoint with the best reading. When a reading falls below the
-kept one beyond noise, the stage rolls back to the kept checkpoint and stops (`on_drop: stop`), or rolls back and
+validation images (signals.py). It keeps the start, and replaces the kept checkpoint by a later one only when its
+reading is above the kept one beyond noise (`keep: best`: whenever its reading is higher), so that the start is
+returned unless a later step is shown better. When a reading falls below the kept one beyond noise, the stage rolls back to the kept checkpoint and stops (`on_drop: stop`), or rolls back and
 goes on at a lower learning rate (`on_drop: lower-lr`, at most `max_lowerings` times). Under `budget: auto` the
 stage also stops, rolled back to the kept checkpoint, once `patience` readings in a row have not improved beyond
 noise on the last reading that did. At the end of a stage the backbone is always the kept checkpoint, and the
@@ -38,6 +39,9 @@ class GuardConfig:
     labels: int = 1000  # labelled training images used as the kNN memory (knn, linear)
     images: int = 1000  # images whose features give the effective rank (rank)
     on_drop: Literal["stop", "lower-lr"] = "stop"
+    # beyond-noise: a later checkpoint replaces the kept one only when its reading is above the kept one beyond
+    # noise (so the start is returned unless a step is shown better); best: the best reading, even within noise
+    keep: Literal["beyond-noise", "best"] = "beyond-noise"
     lr_factor: float = 0.1  # on_drop lower-lr: multiply the lr by this at each roll-back
     max_lowerings: int = 2  # on_drop lower-lr: after this many roll-backs the next drop stops the stage
     patience: int = 3  # budget auto: readings without a gain beyond noise before the stage stops
@@ -114,24 +118,30 @@ class Guard:
         if self._beyond_noise(mark, kept) < 0:
             return self._drop(mark, kept, last_step)
         action = GuardAction()
-        if reading.value > kept.value:
+        better = self._beyond_noise(mark, kept) > 0 if self.config.keep == "beyond-noise" else reading.value > kept.value
+        if better:
             self.kept, action.keep = mark, True
         if self.reference is not None and self._beyond_noise(mark, self.reference) > 0:
             self.reference, self.stale = mark, 0
         else:
             self.stale += 1
         kept = self.kept
-        action.message = f"{name} {reading.value:.4f}" + ("; the best so far, kept" if action.keep else
+        action.message = f"{name} {reading.value:.4f}" + ("; kept" if action.keep else
                                                          f"; kept: step {kept.step} ({kept.value:.4f})")
         if self.auto_budget and self.stale >= self.config.patience and step < last_step:
             self.reason = (f"budget auto: {self.stale} readings without a gain beyond noise over step "
                            f"{self.reference.step if self.reference else 0}; kept step {kept.step} "
-                           f"({name} {kept.value:.4f}), the best reading")
+                           f"({name} {kept.value:.4f}), {self._why_kept()}")
             return self._finish(action, step)
         if step >= last_step:
-            self.reason = f"end of the budget; kept step {kept.step} ({name} {kept.value:.4f}), the best reading"
+            self.reason = f"end of the budget; kept step {kept.step} ({name} {kept.value:.4f}), {self._why_kept()}"
             return self._finish(action, step)
         return action
+
+    def _why_kept(self) -> str:
+        if self.config.keep == "best":
+            return "the best reading"
+        return "no later reading above it beyond noise"
 
     def _drop(self, mark: _Mark, kept: _Mark, last_step: int) -> GuardAction:
         name = self.signal.name
