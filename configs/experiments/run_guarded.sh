@@ -20,3 +20,6 @@ done
 # A longer anchored and guarded HPT on the demo's data: 800 steps, weights 0 and 10
 run hpt experiment sweep $E/demo_anchor.yaml budgets.hpt=800 'sweep.values=[0.0, 10.0]' \
     'recipes.hpt={guard: {every: 100, keep: best}}' --out runs/results/demo_anchor_800
+# A multi-label target (mean AUROC; the guard's kNN signal then has no per-image outcomes): one seed
+run hpt experiment compare $E/guarded_compare.yaml target=npz:$PWD/$D/mnist4_multilabel_56.npz 'seeds=[0]' \
+    defaults.augment.image_size=32 --out runs/results/guarded_mnist4
