@@ -91,8 +91,8 @@ def cli(debug: bool, verbose: bool) -> None:
 @click.option("--anchor-weight", type=float, default=0.0, show_default=True,
               help="Weight of a distillation term to the frozen start (Base-anchored continuation); 0: off.")
 @click.option("--guard", "guard_on", is_flag=True,
-              help="Read a validation signal every --guard-every steps, keep the best checkpoint, roll back to it "
-                   "when the signal drops beyond noise.")
+              help="Read a validation signal every --guard-every steps; keep a later checkpoint only when it reads "
+                   "better beyond noise; roll back to the kept one when the signal drops beyond noise.")
 @click.option("--guard-every", type=int, default=100, show_default=True, help="Steps between the guard's readings.")
 @click.option("--guard-signal", type=click.Choice(["auto", "knn", "linear", "rank"]), default="auto",
               show_default=True, help="auto: kNN accuracy where the data has labels, else effective rank.")
@@ -236,8 +236,9 @@ def _print_summary(result: object) -> None:
                        f"{stop['reason']}")
         if s.get("guard"):
             guard = s["guard"]
+            said = s.get("stopped_early") and s["stopped_early"]["reason"] == guard["reason"]
             click.echo(f"{'':>14}guard ({guard['signal']}): kept step {guard['kept_step']} "
-                       f"({guard['kept_value']:.4f}); {guard['reason']}")
+                       f"({guard['kept_value']:.4f})" + ("" if said else f"; {guard['reason']}"))
     click.echo(f"total wall time {result.wall_time_s:.1f} s; backbones and logs in {result.out_dir}")  # type: ignore[attr-defined]
 
 
