@@ -141,3 +141,72 @@ def test_guard_with_a_real_signal_reads_the_start_and_keeps_a_step(tiny_npz: Pat
     assert [h[0] for h in guard["history"]] == [0, 2, 4] and guard["kept_step"] in (0, 2, 4)
     assert all(0.0 <= v <= 1.0 for _, v in guard["history"])
     assert (tmp_path / "s" / "guard-kept" / "last.pt").exists()
+
+
+class DriftingSignal:
+    """A scripted rank signal whose features move away from the start's: at each reading a scripted share of them is
+    replaced by unrelated features (0: the start's representation, 1: an unrelated one)."""
+
+    name = "rank"
+    val_images = VAL
+
+    def __init__(self, values: list[float], drift: list[float]) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.start = torch.randn(VAL, 32, generator=generator)
+        self.unrelated = torch.randn(VAL, 32, generator=generator)
+        self.readings = iter(zip(values, drift))
+
+    def read(self, backbone: torch.nn.Module) -> Reading:
+        value, drift = next(self.readings)
+        return Reading(value, None, (1 - drift) * self.start + drift * self.unrelated)
+
+
+def test_agreement_below_the_floor_rolls_back_even_when_the_signal_still_rises() -> None:
+    guard = Guard(GuardConfig(every=10), DriftingSignal([10.0, 11.0, 12.0, 13.0], [0.0, 0.1, 0.9, 0.9]),  # type: ignore[arg-type]
+                  agreement_floor=0.5)
+    actions = [guard.observe(s, guard.read(s, torch.nn.Identity()), 100) for s in (0, 10, 20)]
+    assert [a.keep for a in actions] == [True, True, False]  # 11 is above 10 beyond the rank's 2% margin
+    assert actions[-1].stop and actions[-1].rollback
+    record = guard.record()
+    assert record["kept_step"] == 10 and record["stopped_at"] == 20
+    assert record["reason"].startswith("agreement with the start fell to") and "agreement_floor 0.5" in record["reason"]
+    steps, values = zip(*record["agreement"])
+    assert steps == (0, 10, 20) and values[0] == pytest.approx(1.0) and values[1] > 0.9 and values[2] < 0.5
+
+
+def test_without_a_floor_the_same_drift_is_only_recorded() -> None:
+    guard = Guard(GuardConfig(every=10), DriftingSignal([10.0, 11.0, 12.0], [0.0, 0.1, 0.9]))  # type: ignore[arg-type]
+    actions = [guard.observe(s, guard.read(s, torch.nn.Identity()), 100) for s in (0, 10, 20)]
+    assert not any(a.stop for a in actions) and guard.record()["kept_step"] == 20
+    assert len(guard.agreement) == 3 and "agreement with the start" in actions[-1].message
+
+
+def test_agreement_floor_auto_guards_the_rank_signal_only(tiny_npz: Path) -> None:
+    from hpt.pretrain.guard import DEFAULT_AGREEMENT_FLOOR, build_guard
+
+    cpu = torch.device("cpu")
+    assert build_guard(GuardConfig(), f"npz:{tiny_npz}", cpu, False).agreement_floor == 0.0  # labelled: knn
+    assert build_guard(GuardConfig(signal="rank"), f"npz:{tiny_npz}", cpu, False).agreement_floor == \
+        DEFAULT_AGREEMENT_FLOOR
+    assert build_guard(GuardConfig(agreement_floor=0.3), f"npz:{tiny_npz}", cpu, False).agreement_floor == 0.3
+    with pytest.raises(HptError, match="agreement_floor must be auto or a number in"):
+        GuardConfig(agreement_floor=1.5)
+
+
+def test_the_start_features_and_the_agreement_survive_a_resume() -> None:
+    guard = Guard(GuardConfig(every=10), DriftingSignal([10.0, 11.0], [0.0, 0.3]), agreement_floor=0.5)  # type: ignore[arg-type]
+    for step in (0, 10):
+        guard.observe(step, guard.read(step, torch.nn.Identity()), 100)
+    resumed = Guard(GuardConfig(every=10), DriftingSignal([12.0], [0.9]), agreement_floor=0.5)  # type: ignore[arg-type]
+    resumed.load_state(guard.state())
+    assert torch.equal(resumed.start_features, guard.start_features) and resumed.agreement == guard.agreement
+    action = resumed.observe(20, resumed.read(20, torch.nn.Identity()), 100)
+    assert action.stop and action.rollback and resumed.record()["kept_step"] == 10
+
+
+def test_a_real_rank_guard_records_the_agreement_with_the_start(tiny_npz: Path, tmp_path: Path) -> None:
+    config = stage(tiny_npz, steps=4, guard={"every": 2, "signal": "rank", "images": 48, "agreement_floor": 0.01})
+    guard = run_stage(config, tiny_backbone(), tmp_path).summary["guard"]
+    assert guard["signal"] == "rank" and guard["agreement_floor"] == 0.01
+    assert [a[0] for a in guard["agreement"]] == [0, 2, 4] and guard["agreement"][0][1] == pytest.approx(1.0)
+    assert all(0.0 <= a[1] <= 1.0 + 1e-9 for a in guard["agreement"])

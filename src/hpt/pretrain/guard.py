@@ -9,6 +9,16 @@ stage also stops, rolled back to the kept checkpoint, once `patience` readings i
 noise on the last reading that did. At the end of a stage the backbone is always the kept checkpoint, and the
 summary says which step was kept and why.
 
+Agreement with the start: every reading also measures the linear CKA between the pooled features of the
+signal's images and those of the same images at the stage's start (the Base of the stage, its BatchNorm
+statistics re-estimated on the stage's images). 1 is the start's representation (up to rotation and scale);
+a stage that forgets what its start knew moves towards the agreement of an unrelated network. A reading
+whose agreement is below `agreement_floor` counts as a drop (rolled back to the kept checkpoint), whatever
+the signal says: it is the forgetting guard of unlabelled data, where the effective rank sees a collapse but
+not a representation that stays rich while it drifts away from the Base (a random network has a high rank).
+`agreement_floor: auto` applies DEFAULT_AGREEMENT_FLOOR with the rank signal and no floor with kNN or linear,
+whose labels see forgetting directly; a number applies that floor with any signal; 0 turns it off.
+
 "Beyond noise": for top-1 signals, the 95% paired bootstrap interval of the difference of two readings over the
 same validation images excludes 0; for other signals the difference exceeds `margin` (default: two standard
 errors of a top-1 reading, or 2% of a rank).
@@ -27,6 +37,9 @@ from hpt.errors import HptError
 from hpt.pretrain.signals import LabelledSignal, RankSignal, Reading
 
 log = logging.getLogger("hpt")
+
+#: The agreement floor of `agreement_floor: auto` with the rank signal (docs/RESULTS.md, "Agreement with the Base").
+DEFAULT_AGREEMENT_FLOOR = 0.5
 
 
 @dataclass
@@ -47,6 +60,9 @@ class GuardConfig:
     patience: int = 3  # budget auto: readings without a gain beyond noise before the stage stops
     margin: float | None = None  # the noise of signals without per-image outcomes (see the module's docstring)
     bn_batches: int = 20  # batches that re-estimate the start's BatchNorm statistics before its reading
+    # linear CKA with the start's features below which a reading counts as a drop; auto: DEFAULT_AGREEMENT_FLOOR
+    # with the rank signal, none with knn or linear; 0: no floor
+    agreement_floor: float | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         for name in ("every", "labels", "images", "patience", "bn_batches"):
@@ -58,6 +74,9 @@ class GuardConfig:
             raise HptError(f"guard.max_lowerings must be >= 0, got {self.max_lowerings}")
         if self.margin is not None and self.margin < 0:
             raise HptError(f"guard.margin must be >= 0, got {self.margin}")
+        if self.agreement_floor != "auto" and not (isinstance(self.agreement_floor, (int, float))
+                                                   and 0 <= self.agreement_floor < 1):
+            raise HptError(f"guard.agreement_floor must be auto or a number in [0, 1), got {self.agreement_floor!r}")
 
 
 @dataclass
@@ -93,6 +112,9 @@ class Guard:
     lr_scale: float = 1.0
     reason: str = ""
     stopped_at: int | None = None
+    agreement_floor: float = 0.0  # resolved from the config by build_guard
+    start_features: torch.Tensor | None = None  # the signal's features at the stage's start
+    agreement: list[tuple[int, float]] = field(default_factory=list)  # (step, CKA with the start) per reading
 
     def due(self, step: int, last_step: int) -> bool:
         return step % self.config.every == 0 or step == last_step
@@ -104,17 +126,36 @@ class Guard:
 
     def observe(self, step: int, reading: Reading, last_step: int) -> GuardAction:
         """Decide what follows a reading taken at `step` (the stage ends at `last_step`)."""
-        action = self._decide(step, reading, last_step)
+        agreement = self._agreement(step, reading)
+        action = self._decide(step, reading, last_step, agreement)
         action.lr_scale = self.lr_scale
+        if agreement is not None and not action.message.startswith("agreement"):
+            action.message += f" (agreement with the start {agreement:.3f})"
         return action
 
-    def _decide(self, step: int, reading: Reading, last_step: int) -> GuardAction:
+    def _agreement(self, step: int, reading: Reading) -> float | None:
+        """Linear CKA of this reading's features with the start's; None when the signal gives no features."""
+        if reading.features is None:
+            return None
+        if self.start_features is None:
+            self.start_features = reading.features.float().clone()
+        from hpt.analysis.cka import linear_cka
+
+        value = linear_cka(reading.features, self.start_features)
+        value = 0.0 if np.isnan(value) else value  # constant features: nothing of the start is left
+        self.agreement.append((step, round(value, 6)))
+        return value
+
+    def _decide(self, step: int, reading: Reading, last_step: int, agreement: float | None) -> GuardAction:
         mark = _Mark(step, reading.value, reading.correct)
         name = self.signal.name
         if self.kept is None:
             self.kept = self.reference = mark
             return GuardAction(keep=True, message=f"{name} {reading.value:.4f} at the start")
         kept = self.kept
+        if agreement is not None and agreement < self.agreement_floor:
+            return self._drop(mark, kept, last_step, f"agreement with the start fell to {agreement:.3f} at step "
+                                                     f"{step}, below guard.agreement_floor {self.agreement_floor:g}")
         if self._beyond_noise(mark, kept) < 0:
             return self._drop(mark, kept, last_step)
         action = GuardAction()
@@ -143,10 +184,10 @@ class Guard:
             return "the best reading"
         return "no later reading above it beyond noise"
 
-    def _drop(self, mark: _Mark, kept: _Mark, last_step: int) -> GuardAction:
+    def _drop(self, mark: _Mark, kept: _Mark, last_step: int, fell: str = "") -> GuardAction:
         name = self.signal.name
-        fell = (f"{name} fell to {mark.value:.4f} at step {mark.step}, below step {kept.step}'s {kept.value:.4f} "
-                "beyond noise")
+        fell = fell or (f"{name} fell to {mark.value:.4f} at step {mark.step}, below step {kept.step}'s "
+                        f"{kept.value:.4f} beyond noise")
         lower = self.config.on_drop == "lower-lr" and self.lowerings < self.config.max_lowerings
         if lower and mark.step < last_step:
             self.lowerings += 1
@@ -190,7 +231,8 @@ class Guard:
                 "kept_step": kept.step if kept else None, "kept_value": kept.value if kept else None,
                 "reason": self.reason, "rolled_back": bool(kept and self.stopped_at is not None
                                                            and kept.step != self.stopped_at),
-                "stopped_at": self.stopped_at, "lowerings": self.lowerings, "lr_scale": self.lr_scale}
+                "stopped_at": self.stopped_at, "lowerings": self.lowerings, "lr_scale": self.lr_scale,
+                "agreement": [list(a) for a in self.agreement], "agreement_floor": self.agreement_floor}
 
     def state(self) -> dict[str, Any]:
         """The guard's part of the resume state (plain values and tensors: loadable with weights_only)."""
@@ -201,7 +243,8 @@ class Guard:
             return {"step": m.step, "value": m.value, "correct": correct}
 
         return {"history": [list(h) for h in self.history], "kept": mark(self.kept), "reference": mark(self.reference),
-                "stale": self.stale, "lowerings": self.lowerings, "lr_scale": self.lr_scale}
+                "stale": self.stale, "lowerings": self.lowerings, "lr_scale": self.lr_scale,
+                "agreement": [list(a) for a in self.agreement], "start_features": self.start_features}
 
     def load_state(self, state: dict[str, Any]) -> None:
         def mark(d: dict[str, Any] | None) -> _Mark | None:
@@ -214,6 +257,8 @@ class Guard:
         self.kept, self.reference = mark(state["kept"]), mark(state["reference"])
         self.stale, self.lowerings, self.lr_scale = int(state["stale"]), int(state["lowerings"]), float(
             state["lr_scale"])
+        self.agreement = [(int(s), float(v)) for s, v in state.get("agreement", [])]
+        self.start_features = state.get("start_features")
 
 
 def build_guard(config: GuardConfig, stage_data: str, device: torch.device, auto_budget: bool) -> Guard:
@@ -224,7 +269,10 @@ def build_guard(config: GuardConfig, stage_data: str, device: torch.device, auto
         kind = "knn" if _labelled(data) else "rank"
     signal = RankSignal(data, config.images, device) if kind == "rank" else LabelledSignal(data, kind, config.labels,
                                                                                              device)
-    return Guard(config, signal, auto_budget)
+    floor = config.agreement_floor
+    if floor == "auto":
+        floor = DEFAULT_AGREEMENT_FLOOR if kind == "rank" else 0.0
+    return Guard(config, signal, auto_budget, agreement_floor=float(floor))
 
 
 def _labelled(data: str) -> bool:

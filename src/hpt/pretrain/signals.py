@@ -6,6 +6,9 @@
 - `rank`: the effective rank of the pooled features of a fixed slice of images (RankMe, Garrido et al., ICML 2023:
   exp of the entropy of the normalised singular values). It needs no labels; a collapsing representation loses
   rank, and higher rank tracks better downstream scores across a run.
+
+Every reading also returns the pooled features it scored (the validation images, or the rank's slice: the same
+images at every reading), from which the guard measures the agreement with the stage's start (linear CKA).
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ log = logging.getLogger("hpt")
 
 @dataclass
 class Reading:
-    """One score of a backbone: its value (higher is better) and, for top-1, which validation images were right."""
+    """One score of a backbone: its value (higher is better), for top-1 which validation images were right, and
+    the pooled features of the images it scored (the same images at every reading of a signal)."""
 
     value: float
     correct: np.ndarray | None = None
+    features: torch.Tensor | None = None
 
 
 class LabelledSignal:
@@ -84,7 +89,7 @@ class LabelledSignal:
         truth = np.asarray(splits.val.labels)
         value = float(evaluate(scores, truth, splits.class_names).value)
         correct = None if splits.multilabel else np.argmax(scores, axis=1) == truth
-        return Reading(value, correct)
+        return Reading(value, correct, val)
 
 
 class RankSignal:
@@ -118,7 +123,7 @@ class RankSignal:
         if self._view is None:
             self._prepare()
         feats = torch.from_numpy(extract_features(backbone, self._view, self._transform, self.device))
-        return Reading(effective_rank(feats))
+        return Reading(effective_rank(feats), None, feats)
 
 
 def effective_rank(features: torch.Tensor) -> float:
