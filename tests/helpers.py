@@ -12,6 +12,7 @@ import yaml
 TINY_STAGE = {"batch_size": 16, "precision": "fp32", "device": "cpu", "log_every": 1, "checkpoint_every": 2,
               "workers": 0, "moco": {"dim": 16, "bn_splits": 2}, "augment": {"image_size": 16}}
 TINY_BASE = {"checkpoint": "random", "arch": "resnet18", "small_stem": True, "width": 8}
+FAULT_RUNNER = Path(__file__).resolve().parent / "faults" / "fault_runner.py"
 
 
 def write_hierarchy(path: Path, stages: list[dict], base: dict | None = None) -> Path:
@@ -19,7 +20,10 @@ def write_hierarchy(path: Path, stages: list[dict], base: dict | None = None) ->
     return path
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            fault: list[str] | None = None) -> subprocess.CompletedProcess:
+    """`hpt ARGS` in a new process; fault: options of tests/faults/fault_runner.py (e.g. a signal after a step)."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "hpt", *args], capture_output=True, text=True, env=full_env,
-                          cwd=cwd, timeout=600)
+    command = [sys.executable, str(FAULT_RUNNER), *fault, "--"] if fault is not None else [sys.executable, "-m", "hpt"]
+    return subprocess.run([*command, *args], check=False, capture_output=True, text=True, env=full_env, cwd=cwd,
+                          timeout=600)

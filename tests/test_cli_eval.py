@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hpt.eval.paired import unpack_outcomes
 from hpt.models import build_resnet, save_backbone
 
 from .conftest import write_npz
 from .test_cli import assert_one_line_error, call
+from .test_eval_protocols import _separable_npz
 
 RANDOM = ["--backbone", "random", "--arch", "resnet18", "--small-stem", "--width", "8", "--device", "cpu"]
 
@@ -23,19 +25,32 @@ def test_linear_json_record(capsys: pytest.CaptureFixture[str], tiny_npz: Path, 
     record = json.loads(out)
     assert record["protocol"] == "linear" and record["settings"]["steps"] == 20
     assert json.loads((tmp_path / "e" / "results.json").read_text())["test"] == record["test"]
+    # the score is the test value of the curve at the step with the best val score, and the share of right images
+    rows = (tmp_path / "e" / "curve.csv").read_text().splitlines()[1:]
+    points = [(int(step), float(val), float(test)) for _, step, _, val, test in (r.split(",") for r in rows)]
+    best = max(points, key=lambda point: (point[1], -point[0]))
+    assert [step for step, _, _ in points] == [10, 20] and record["test"] == pytest.approx(best[2])
+    assert record["test"] == unpack_outcomes(record["test_correct"][0], 16).mean()
 
 
 def test_knn_prints_a_headline_with_its_interval(capsys: pytest.CaptureFixture[str], tiny_npz: Path) -> None:
     code, out, err = call(capsys, "eval", "knn", *RANDOM, "--data", f"npz:{tiny_npz}", "--k", "3")
     assert code == 0, err
     assert "knn: test top-1" in out and "95% CI" in out and "16 test images" in out
+    separable = _separable_npz(tiny_npz.parent / "separable.npz")  # each class lights its own quadrant
+    code, out, err = call(capsys, "eval", "knn", *RANDOM, "--data", f"npz:{separable}")
+    assert code == 0, err
+    assert "knn: test top-1 100.00% [95% CI 100.00-100.00] on 200 test images" in out
 
 
 def test_finetune_with_all_labels(capsys: pytest.CaptureFixture[str], tiny_npz: Path) -> None:
     code, out, err = call(capsys, "eval", "finetune", *RANDOM, "--data", f"npz:{tiny_npz}", "--labels", "all",
                           "--steps", "1", "--batch-size", "16", "--json")
     assert code == 0, err
-    assert json.loads(out)["protocol"] == "finetune-all"
+    record = json.loads(out)
+    assert record["protocol"] == "finetune-all" and record["settings"]["labels_used"] == 64
+    assert record["test"] == unpack_outcomes(record["test_correct"][0], 16).mean()
+    assert record["interval"][0] <= record["test"] <= record["interval"][1]
 
 
 def test_backbone_that_cannot_be_loaded(capsys: pytest.CaptureFixture[str], tiny_npz: Path, tmp_path: Path) -> None:

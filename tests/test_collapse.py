@@ -45,10 +45,35 @@ def test_a_stage_logs_the_spread_of_every_method(method: str, tiny_npz: Path, tm
                                      "method": method})
     result = run_stage(config, build_resnet("resnet18", small_stem=True, width=8), tmp_path)
     with (tmp_path / "s" / "metrics.csv").open() as handle:
+        rows = [(int(row["step"]), float(row["embedding_spread"])) for row in csv.DictReader(handle)]
+    assert [step for step, _ in rows] == [1, 2, 3, 4]
+    # distinct images give embeddings spread well away from one point (a random tiny ResNet: 0.36 to 0.85)
+    assert all(0.2 < spread <= 1.5 for _, spread in rows), rows
+    assert result.summary["collapse"] is None
+
+
+@pytest.mark.parametrize("method", ["mocov2", "simclr", "byol"])
+def test_a_stage_on_identical_views_reports_the_collapse(method: str, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Every image the same and no augmentation: every embedding is the same point, so the spread is 0 at every
+    step, and the stage must warn at the first logged step after its warm-up (max(log_every, steps // 4) = 1)."""
+    import csv
+
+    import numpy as np
+
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    data = tmp_path / "same.npz"
+    np.savez(data, train_images=np.repeat(image[None], 64, axis=0), train_labels=np.arange(64) % 4)
+    no_views = ["random_resized_crop", "color_jitter", "grayscale", "gaussian_blur", "horizontal_flip"]
+    config = from_dict(StageConfig, {"name": "s", "data": f"npz:{data}", "steps": 4, **TINY_STAGE, "method": method,
+                                     "augment": {**TINY_STAGE["augment"], "remove": no_views}})
+    with caplog.at_level(logging.WARNING, logger="hpt"):
+        result = run_stage(config, build_resnet("resnet18", small_stem=True, width=8), tmp_path)
+    with (tmp_path / "s" / "metrics.csv").open() as handle:
         spreads = [float(row["embedding_spread"]) for row in csv.DictReader(handle)]
-    assert len(spreads) == 4 and all(0.0 <= value <= 1.5 for value in spreads)
-    warning = result.summary["collapse"]  # None, or the first logged step after the warm-up below the threshold
-    assert warning is None or (warning["step"] >= 1 and warning["spread"] < 0.1)
+    assert len(spreads) == 4 and all(spread < 1e-3 for spread in spreads), spreads
+    assert result.summary["collapse"] == {"step": 1, "spread": 0.0}
+    assert sum("have collapsed" in record.getMessage() for record in caplog.records) == 1
 
 
 def test_alignment_is_zero_for_identical_pairs_and_two_for_orthogonal_ones() -> None:

@@ -26,6 +26,16 @@ def test_outcomes_round_trip_and_refuse_the_wrong_size() -> None:
     assert mean_outcomes([pack_outcomes([1, 0, 1]), pack_outcomes([1, 1, 0])], 3).tolist() == [1.0, 0.5, 0.5]
 
 
+def test_paired_interval_matches_direct_resampling_of_the_same_images() -> None:
+    rng = np.random.default_rng(4)
+    a, b = rng.random(300) < 0.7, rng.random(300) < 0.6
+    interval = paired_difference_interval(a, b, resamples=500, seed=9)
+    idx = np.random.default_rng(9).integers(0, 300, size=(500, 300))  # one resample: the same images for both
+    direct = a[idx].mean(axis=1) - b[idx].mean(axis=1)
+    assert (interval.low, interval.high) == pytest.approx(tuple(np.quantile(direct, [0.025, 0.975])), abs=1e-12)
+    assert interval.low < a.mean() - b.mean() < interval.high
+
+
 def test_paired_interval_of_identical_outcomes_is_zero() -> None:
     a = np.random.default_rng(1).random(1000) < 0.7
     interval = paired_difference_interval(a, a)

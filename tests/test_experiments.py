@@ -197,7 +197,7 @@ def test_a_killed_experiment_restarts_without_redoing_finished_stages(experiment
     raw["budgets"]["target"] = 6
     experiment_file.write_text(yaml.safe_dump(raw))
     killed = run_cli("experiment", "compare", str(experiment_file), "--no-report",
-                     env={"HPT_FAULT_AFTER_STEP": "4"})
+                     fault=["--signal", "KILL", "--after-step", "4"])
     assert killed.returncode != 0
     out = experiment_file.parent / "out"
     partial = sorted(out.glob("stages/target-*/target/state"))

@@ -7,13 +7,15 @@ from pathlib import Path
 
 from .helpers import run_cli, write_hierarchy
 
+KILL_AFTER_STEP_5 = ["--signal", "KILL", "--after-step", "5"]  # tests/faults/fault_runner.py: SIGKILL after step 5
+
 
 def test_kill_and_resume_gives_the_same_weights(tiny_npz: Path, tmp_path: Path) -> None:
     config = write_hierarchy(tmp_path / "h.yaml", [{"name": "t", "data": f"npz:{tiny_npz}", "steps": 6}])
     straight = run_cli("run", str(config), "--out", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr
 
-    killed = run_cli("run", str(config), "--out", str(tmp_path / "killed"), env={"HPT_FAULT_AFTER_STEP": "5"})
+    killed = run_cli("run", str(config), "--out", str(tmp_path / "killed"), fault=KILL_AFTER_STEP_5)
     assert killed.returncode == -9  # SIGKILL after step 5; the last state was saved at step 4
     assert not (tmp_path / "killed" / "t" / "summary.json").exists()
     state_dir = tmp_path / "killed" / "t" / "state"
@@ -41,7 +43,7 @@ def test_webdataset_shards_kill_and_resume_gives_the_same_weights(tmp_path: Path
     env = {"HPT_CACHE": str(tmp_path / "cache")}
     straight = run_cli("run", str(config), "--out", str(tmp_path / "straight"), env=env)
     assert straight.returncode == 0, straight.stderr
-    killed = run_cli("run", str(config), "--out", str(tmp_path / "killed"), env={**env, "HPT_FAULT_AFTER_STEP": "5"})
+    killed = run_cli("run", str(config), "--out", str(tmp_path / "killed"), env=env, fault=KILL_AFTER_STEP_5)
     assert killed.returncode == -9
     resumed = run_cli("run", str(config), "--out", str(tmp_path / "killed"), "--resume", env=env)
     assert resumed.returncode == 0, resumed.stderr

@@ -173,18 +173,42 @@ def test_head_warmup_keeps_the_backbone_then_trains_it(tiny_npz: Path, tmp_path:
     assert any(not torch.equal(convs[k], convs_end[k]) for k in convs)  # step 4 trained it
 
 
-def test_head_warmup_is_validated_and_leaves_old_stage_ids_alone(tiny_npz: Path) -> None:
-    assert "head_warmup_steps" not in stage(tiny_npz).semantic()
-    assert stage(tiny_npz, head_warmup_steps=2).semantic()["head_warmup_steps"] == 2
+def refusal_of_a_run_made_before(setting: str, config: StageConfig, tmp_path: Path) -> str | None:
+    """Why a default run on the same data, recorded by an hpt that did not have `setting` yet (dotted; its record
+    lacks it), would not be reused by `config`, or None when it would."""
+    from dataclasses import fields
+
+    from hpt.stage import _check_same, recorded_settings
+
+    defaults = {f.name: getattr(config, f.name) for f in fields(StageConfig) if f.name in ("name", "data", "steps")}
+    record = recorded_settings(StageConfig(**defaults, **{k: v for k, v in vars(config).items()
+                                                          if k in TINY_STAGE}), "start")
+    *parents, last = setting.split(".")
+    node = record
+    for part in parents:
+        node = node[part]
+    node.pop(last, None)
+    try:
+        _check_same(record, recorded_settings(config, "start"), tmp_path, "finished")
+    except HptError as err:
+        return str(err)
+    return None
+
+
+def test_head_warmup_is_validated_and_runs_made_before_it_existed_are_reused_only_without_it(tiny_npz: Path,
+                                                                                             tmp_path: Path) -> None:
+    assert refusal_of_a_run_made_before("head_warmup_steps", stage(tiny_npz), tmp_path) is None
+    assert "head_warmup_steps: 0 -> 2" in refusal_of_a_run_made_before(
+        "head_warmup_steps", stage(tiny_npz, head_warmup_steps=2), tmp_path)
     with pytest.raises(HptError, match="head_warmup_steps must be >= 0 and below steps"):
         stage(tiny_npz, head_warmup_steps=4)
 
 
-def test_a_batchnorm_projection_head_trains_and_leaves_old_stage_ids_alone(tiny_npz: Path, tmp_path: Path) -> None:
+def test_a_batchnorm_projection_head_trains_and_is_told_apart_from_runs_without_it(tiny_npz: Path,
+                                                                                     tmp_path: Path) -> None:
     from hpt.methods.mocov2 import MocoV2, SplitBatchNorm1d
 
-    assert "head_bn" not in stage(tiny_npz).semantic()["moco"]
-    assert stage(tiny_npz, moco={"head_bn": True}).semantic()["moco"]["head_bn"] is True
+    assert refusal_of_a_run_made_before("moco.head_bn", stage(tiny_npz), tmp_path) is None
     model = MocoV2(tiny_backbone(), stage(tiny_npz, moco={"head_bn": True}).moco, queue_size=16)
     assert isinstance(model.head[1], SplitBatchNorm1d) and isinstance(model.head_k[1], SplitBatchNorm1d)
     model.set_bn_splits(2)
@@ -194,6 +218,8 @@ def test_a_batchnorm_projection_head_trains_and_leaves_old_stage_ids_alone(tiny_
     assert model.head[1].weight.grad is not None and model.head_k[1].weight.grad is None
     result = run_stage(stage(tiny_npz, moco={"head_bn": True}), tiny_backbone(), tmp_path)
     assert result.summary["steps_done"] == 4
+    with pytest.raises(HptError, match=r"moco.head_bn: True -> False"):
+        run_stage(stage(tiny_npz), tiny_backbone(), tmp_path)
 
 
 def test_scheduled_lr_warms_up_linearly_then_decays_by_cosine() -> None:
@@ -208,14 +234,15 @@ def test_scheduled_lr_warms_up_linearly_then_decays_by_cosine() -> None:
         [0.05 * (1 + math.cos(math.pi * s / 10)) for s in range(10)])  # no warm-up: the plain cosine
 
 
-def test_lr_warmup_is_logged_validated_and_leaves_old_stage_ids_alone(tiny_npz: Path, tmp_path: Path) -> None:
+def test_lr_warmup_is_logged_validated_and_told_apart_from_runs_without_it(tiny_npz: Path, tmp_path: Path) -> None:
     import csv
 
-    assert "lr_warmup_steps" not in stage(tiny_npz).semantic()
+    assert refusal_of_a_run_made_before("lr_warmup_steps", stage(tiny_npz), tmp_path) is None
     with pytest.raises(HptError, match="lr_warmup_steps must be >= 0 and below steps"):
         stage(tiny_npz, lr_warmup_steps=4)
-    result = run_stage(stage(tiny_npz, lr_warmup_steps=2, lr=0.4), tiny_backbone(), tmp_path)
-    assert result.summary["config"]["lr_warmup_steps"] == 2
+    run_stage(stage(tiny_npz, lr_warmup_steps=2, lr=0.4), tiny_backbone(), tmp_path)
+    with pytest.raises(HptError, match=r"lr_warmup_steps: 2 -> 0"):
+        run_stage(stage(tiny_npz, lr=0.4), tiny_backbone(), tmp_path)
     with open(tmp_path / "s" / "metrics.csv") as handle:
         lrs = [float(row["lr"]) for row in csv.DictReader(handle)]
     peak = 0.4 * 16 / 256  # linear scaling to the tiny batch of 16

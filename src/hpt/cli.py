@@ -13,6 +13,8 @@ from typing import Any
 import click
 
 from hpt import distributed
+from hpt.atomic import make_folder, os_error_in
+from hpt.cli_out import RunLogHandler, close_log_files, log_to_file, os_error_line
 from hpt.errors import HptError
 
 log = logging.getLogger("hpt")
@@ -31,13 +33,32 @@ def _setup_logging(verbose: bool, out: Path | None = None) -> None:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     elif int(os.environ.get("RANK", "0")) == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(out / "hpt.log")
+        make_folder(out)
+        handler = RunLogHandler(out / "hpt.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     else:
         return
     handler._hpt = kind  # type: ignore[attr-defined]
     logger.addHandler(handler)
+
+
+def _claim_out(out: Path, *, create: bool = True, log_here: bool = True) -> None:
+    """Hold the output folder until the command ends (HptError when another command writes into it), then log to
+    OUT/hpt.log (with log_here): nothing is written into OUT before the lock is held. create=False: a missing OUT
+    is left to the command to report."""
+    from hpt.atomic import remove_stale_temps
+    from hpt.run_lock import claim
+
+    if not create and not out.is_dir():
+        return
+    lock = claim(out)
+    if lock is not None:
+        click.get_current_context().call_on_close(lock.release)
+        remove_stale_temps(out)  # of writes a killed command left; no other command writes here now
+    if log_here:
+        _setup_logging(False, out)
+    if lock is not None and lock.takeover_message:
+        log.warning(lock.takeover_message)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -115,7 +136,6 @@ def pretrain(base: str, data: str, steps: int, train_mode: str, arch: str | None
     from hpt.config import apply_overrides
     from hpt.hierarchy import pretrain as run_pretrain
 
-    _setup_logging(False, out)
     moco = {"queue_size": queue_size} if queue_size else {}
     settings: dict[str, Any] = {
         "batch_size": batch_size, "lr": lr, "precision": precision, "channels_last": channels_last,
@@ -129,6 +149,8 @@ def pretrain(base: str, data: str, steps: int, train_mode: str, arch: str | None
         if guard_on or budget == "auto" else None,
     }
     settings = apply_overrides(settings, list(set_items))
+    distributed.init_distributed(str(settings.get("device", "auto")))  # every rank learns whether OUT is free
+    _claim_out(out)
     result = run_pretrain(base, data, steps, out=out, name=name, train=train_mode, arch=arch, small_stem=small_stem,
                           width=width, resume=resume, **settings)
     _print_summary(result)
@@ -145,7 +167,8 @@ def run(config: Path, overrides: tuple[str, ...], out: Path | None, resume: bool
 
     hierarchy = load_hierarchy(config, list(overrides))
     out_dir = out or Path(hierarchy.out or "runs/hpt")
-    _setup_logging(False, out_dir)
+    distributed.init_distributed(hierarchy.stages[0].device)  # every rank learns whether OUT is free
+    _claim_out(out_dir)
     _print_summary(run_hierarchy(hierarchy, out_dir, resume=resume))
 
 
@@ -153,15 +176,30 @@ def run(config: Path, overrides: tuple[str, ...], out: Path | None, resume: bool
 @click.argument("checkpoint")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def inspect(checkpoint: str, as_json: bool) -> None:
-    """Detected format, architecture, parameter count, and keys set aside of a checkpoint."""
+    """Detected format, architecture, parameter count, keys set aside of a checkpoint, and whether it loads.
+
+    Exits with code 2 when the backbone does not load into its architecture (missing, unexpected or
+    mis-shaped keys), as `hpt pretrain --base` would refuse it."""
     from dataclasses import asdict
 
     from hpt.models import inspect_checkpoint
 
     info = inspect_checkpoint(checkpoint)
+    check = info.load_check
+    refusal = None
+    if check is not None and not check.loadable:  # without a target, the reason names its own fix
+        fix = ""
+        if check.missing or check.unexpected:
+            fix = ("; its key names do not match a ResNet's (renamed keys, or a prefix hpt does not strip): rename "
+                   "them to torchvision's ResNet names and re-save")
+        elif check.shape_mismatches:
+            fix = "; the file is damaged or was edited: re-export it from the model it came from"
+        refusal = HptError(f"{info.path} is {check.describe()}{fix}")
     record = asdict(info)
     if as_json:
         click.echo(json.dumps(record, indent=2, default=str))
+        if refusal is not None:
+            raise refusal
         return
     spec = info.spec
     click.echo(f"file:        {info.path}")
@@ -174,6 +212,10 @@ def inspect(checkpoint: str, as_json: bool) -> None:
     click.echo(f"set aside:   {shown or 'nothing'}")
     for key, value in sorted(info.metadata.items()):
         click.echo(f"meta {key}: {value}")
+    if check is not None:
+        click.echo(f"loadable:    {check.describe()}")
+    if refusal is not None:
+        raise refusal
 
 
 @cli.command()
@@ -252,6 +294,13 @@ def _one_line(err: BaseException) -> str:
     return text
 
 
+def _user_error(message: str) -> None:
+    """A user error: 'error: MESSAGE' on stderr and in OUT/hpt.log, exit code 2."""
+    click.echo(f"error: {message}", err=True)
+    log_to_file(message)
+    sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input -> one line on stderr and exit 2; a bug -> a short note (traceback with --debug)."""
     _DEBUG["on"] = bool(os.environ.get("HPT_DEBUG"))
@@ -266,24 +315,26 @@ def main(argv: list[str] | None = None) -> None:
     except HptError as err:
         if _DEBUG["on"]:
             traceback.print_exc()
-        click.echo(f"error: {_one_line(err)}", err=True)
-        sys.exit(2)
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
-        if _DEBUG["on"]:
-            traceback.print_exc()
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
+        _user_error(_one_line(err))
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
+        log_to_file("interrupted")
         sys.exit(130)
     except Exception as err:  # noqa: BLE001 - the last resort of a CLI
         if _DEBUG["on"]:
             traceback.print_exc()
-        else:
+        refused = os_error_in(err)  # the file system refused a read or write: the user's to fix
+        if refused is not None:
+            _user_error(os_error_line(refused))
+        if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            _user_error(str(err))
+        if not _DEBUG["on"]:
             click.echo(f"internal error: {type(err).__name__}: {err} (run with --debug for the traceback, "
                        "and please report it)", err=True)
+        log_to_file(f"internal error: {type(err).__name__}: {err}")
         sys.exit(1)
     finally:
+        close_log_files()
         if distributed.world_size() > 1:
             import torch.distributed as dist
 

@@ -28,9 +28,9 @@ def _with(options: list[Any]) -> Any:
 
 
 def _start(out: Path) -> None:
-    from hpt.cli import _setup_logging
+    from hpt.cli import _claim_out
 
-    _setup_logging(False, out)
+    _claim_out(out)
 
 
 @click.group("analyze")

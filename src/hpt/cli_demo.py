@@ -12,10 +12,10 @@ import click
               help="Output folder; run again to reuse what is finished.")
 def demo_command(out: Path) -> None:
     """Run the demo: compare and convergence experiments on shipped data (minutes on a CPU, no network)."""
-    from hpt.cli import _setup_logging
+    from hpt.cli import _claim_out
     from hpt.demo import run_demo
 
-    _setup_logging(False, out)
+    _claim_out(out)
     result = run_demo(out)
     click.echo(result.summary)
     click.echo(f"report: {result.report} (figures in {result.out_dir / 'figures'}); {result.wall_time_s:.0f} s")

@@ -47,10 +47,10 @@ def _common(func: F) -> F:
 
 def _prepare(backbone: str, data: str, arch: str | None, small_stem: bool | None, width: int | None,
              seed: int, out: Path | None) -> tuple[Any, Any]:
-    from hpt.cli import _setup_logging
+    from hpt.cli import _claim_out
 
     if out is not None:
-        _setup_logging(False, out)
+        _claim_out(out)
     model = load_eval_backbone(backbone, arch=arch, small_stem=small_stem, width=width, seed=seed)
     splits = load_splits(data, seed=seed)
     click.echo(f"data: {splits.spec.describe()}: {splits.describe()}", err=True)

@@ -31,11 +31,15 @@ def _make(kind: str) -> click.Command:
     @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (overrides 'out:').")
     @click.option("--no-report", is_flag=True, help="Do not rebuild OUT/report.md afterwards.")
     def command(config: Path, overrides: tuple[str, ...], out: Path | None, no_report: bool) -> None:
-        from hpt.cli import _setup_logging
+        from hpt import distributed
+        from hpt.cli import _claim_out
 
         experiment = load_experiment(config, list(overrides))
         folder = out or Path(experiment.out or f"runs/{experiment.name}")
-        _setup_logging(False, folder)
+        distributed.init_distributed(experiment.defaults.get("device", "auto"))  # every rank learns if OUT is free
+        if experiment.stages_dir and not _inside(Path(experiment.stages_dir), folder):
+            _claim_out(Path(experiment.stages_dir), log_here=False)  # stage runs shared with other experiments
+        _claim_out(folder)
         result = run_experiment(kind, experiment, folder)
         click.echo(f"{kind}: {len(result.rows)} results in {result.rows_path} ({result.wall_time_s:.0f} s)")
         if not no_report:
@@ -54,4 +58,11 @@ for _kind in KINDS:
 @click.option("--title", default=None, help="Title of report.md.")
 def report_command(out: Path, title: str | None) -> None:
     """Rebuild OUT/report.md, OUT/results.csv and OUT/figures/ from finished experiments."""
+    from hpt.cli import _claim_out
+
+    _claim_out(out, create=False)
     click.echo(build_report(out, title))
+
+
+def _inside(folder: Path, parent: Path) -> bool:
+    return folder.resolve().is_relative_to(parent.resolve())

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from hpt.atomic import atomic_write_text
+
 
 @click.command("rank-sources")
 @click.option("--base", required=True, help="The base checkpoint (anything `hpt pretrain --base` accepts).")
@@ -26,8 +28,10 @@ def rank_sources_command(base: str, target: str, sources: tuple[str, ...], base_
                          as_json: bool) -> None:
     """Rank SOURCES (data specs) by closeness to the target in the base's feature space; recommend one."""
     from hpt.analysis.sources import probe_sources, rank_sources
+    from hpt.cli import _claim_out
     from hpt.eval import load_eval_backbone
 
+    _claim_out(out)
     backbone = load_eval_backbone(base)
     ranking = rank_sources(backbone, target, list(sources), base_data=base_data, images=images,
                            image_size=image_size)
@@ -35,8 +39,7 @@ def rank_sources_command(base: str, target: str, sources: tuple[str, ...], base_
         settings = {"batch_size": batch_size, **({"augment": {"image_size": image_size}} if image_size else {})}
         ranking = probe_sources(backbone, ranking, probe_steps, out, settings)
     record = {**asdict(ranking), "recommendation": ranking.recommendation()}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ranking.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out / "ranking.json", json.dumps(record, indent=2) + "\n")
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return

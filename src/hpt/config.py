@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -15,6 +16,8 @@ import yaml
 from hpt.errors import HptError
 
 T = TypeVar("T")
+#: A plain decimal number, with an optional exponent: 0.03, 1e-3, 3E-4, -2.5e+5.
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -22,15 +25,31 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise HptError(f"config file not found: {path}")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text())
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise HptError(f"{path} is not UTF-8 text (byte 0x{raw[err.start]:02x} on line {line}); save it as UTF-8, "
+                       f"e.g. iconv -f latin1 -t utf-8 {path} > fixed.yaml") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise HptError(f"{path} is not valid YAML: {err}") from None
+        raise HptError(f"{path} is not valid YAML: {_yaml_problem(err)}; fix the YAML there") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise HptError(f"{path} must hold a mapping of keys at the top level, not a {type(data).__name__}")
     return data
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML error: where (line and column, 1-based) and what the parser found."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(problem.split()) + (f" ({' '.join(context.split())})" if context else "")
 
 
 def unknown_key_error(key: str, where: str, valid: typing.Iterable[str]) -> HptError:
@@ -108,6 +127,8 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
             raise HptError(f"{path} must be an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise HptError(f"{path} must be a number, got {value!r}")
         return float(value)

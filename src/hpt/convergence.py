@@ -10,6 +10,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from hpt import distributed
 from hpt.errors import HptError
 from hpt.pretrain.signals import LabelledSignal
 
@@ -80,6 +81,20 @@ class OnlineProbe:
         value = self._signal.read(backbone).value
         self.history.append((step, value))
         return value
+
+    def decide(self, step: int, backbone: torch.nn.Module, stage: str) -> StopDecision:
+        """Score at `step` and decide whether to stop. Under torchrun rank 0 scores and decides and every rank takes
+        its history and decision (each rank's BatchNorm statistics differ, so their own scores could disagree and
+        one rank stop while another trains on). Step 0 is the start's score: recorded, never a stop."""
+        decision = StopDecision(False, "")
+        if distributed.rank() == 0:
+            value = self.score(step, backbone)
+            if step:
+                decision = should_stop(self.history, self.margin(), self.config.patience, self.config.min_steps)
+            log.info("%s step %d%s: convergence probe %.4f%s", stage, step, "" if step else " (the start)", value,
+                     f"; stopping: {decision.reason}" if decision.stop else "")
+        self.history, decision = distributed.broadcast_object((self.history, decision))
+        return decision
 
     def margin(self) -> float:
         """The configured margin, or one standard error of the best score so far on the val images."""

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from hpt.errors import HptError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,15 @@ def all_gather_objects(obj: object) -> list[object]:
     out: list[object] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj: T) -> T:
+    """Rank 0's object on every rank (a decision rank 0 takes and every rank follows); the identity on one process."""
+    if world_size() == 1:
+        return obj
+    box: list[object] = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]  # type: ignore[return-value]
 
 
 def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from hpt import distributed
+from hpt.atomic import atomic_write_text, make_folder
 from hpt.config import apply_overrides, deep_merge, from_dict, load_yaml, to_dict, unknown_key_error
 from hpt.data import parse_data_spec
 from hpt.errors import HptError
@@ -21,6 +22,7 @@ from hpt.models import ResNet, build_backbone
 from hpt.stage import StageConfig, StageResult, run_stage
 
 log = logging.getLogger("hpt")
+HIERARCHY_FILE = "hierarchy.yaml"  # the config of the last run in OUT that passed its stages' checks
 
 
 @dataclass
@@ -139,9 +141,11 @@ def run_hierarchy(config: HierarchyConfig, out_dir: str | Path | None = None, *,
     backbone, checkpoint_info = build_backbone(
         config.base.checkpoint, arch=config.base.arch, small_stem=config.base.small_stem, width=config.base.width
     )
+    written = yaml.safe_dump(to_dict(config), sort_keys=False)
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "hierarchy.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        make_folder(out)
+        if _fresh(out, config):  # nothing a check could refuse: record the config at once
+            atomic_write_text(out / HIERARCHY_FILE, written)
         where = "random initialisation" if checkpoint_info is None else f"{checkpoint_info.format} {checkpoint_info.path}"
         log.info("base: %s (%s, small_stem=%s, width=%d) from %s", config.base.checkpoint, backbone.arch,
                  backbone.small_stem, backbone.width, where)
@@ -152,7 +156,23 @@ def run_hierarchy(config: HierarchyConfig, out_dir: str | Path | None = None, *,
         results.append(run_stage(stage, backbone, out, resume=resume, info=info, previous_stage_dir=previous))
     if config.eval is not None and info.is_main:
         _evaluate(config, out, start, results)
+    if info.is_main:  # the stages passed their checks (a refused re-run leaves the earlier config in place)
+        _record_config(out / HIERARCHY_FILE, written)
     return HierarchyResult(out, results, time.time() - started)
+
+
+def _fresh(out: Path, config: HierarchyConfig) -> bool:
+    """No earlier run in `out`: no recorded config and none of the stages' folders."""
+    return not (out / HIERARCHY_FILE).exists() and not any((out / s.name).exists() for s in config.stages)
+
+
+def _record_config(path: Path, text: str) -> None:
+    try:
+        same = path.read_text() == text
+    except (OSError, UnicodeDecodeError):
+        same = False
+    if not same:
+        atomic_write_text(path, text)
 
 
 def _evaluate(config: HierarchyConfig, out: Path, start: ResNet | None, stages: list[StageResult]) -> None:

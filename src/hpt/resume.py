@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import torch
 
 from hpt.atomic import atomic_write
 from hpt.errors import HptError
+from hpt.models.formats import torch_load_safely, unreadable_pickle
 
 STATE_FILE = "last.pt"
 
@@ -51,10 +51,12 @@ def load_state(state_dir: Path, map_location: str | torch.device = "cpu") -> dic
     path = state_dir / STATE_FILE
     if not path.exists():
         return None
+    fix = f"delete the folder {state_dir} to start the stage again, or restore {STATE_FILE} from a backup"
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise HptError(f"the resume state {path} cannot be read ({err}); delete it to restart the stage") from None
+        state = torch_load_safely(path, map_location)
+    except Exception as err:  # noqa: BLE001 - damaged bytes fail anywhere in torch's zip and pickle readers
+        what = unreadable_pickle(path, err) or "is corrupt or truncated"
+        raise HptError(f"the resume state {path} {what}; {fix}") from None
     if not isinstance(state, dict) or state.get("hpt_state") != 1:
-        raise HptError(f"{path} is not an hpt resume state")
+        raise HptError(f"{path} is not an hpt resume state; {fix}")
     return state

@@ -4,6 +4,7 @@ A stage starts from a backbone (the Base or the previous stage's), trains it on 
 queue (or the previous stage's, with continue_method; the loop is in stage_loop.py), and writes OUT/<stage>/:
 backbone.safetensors, state/ (resume), metrics.csv, config.yaml, summary.json.
 summary.json is written last: its presence marks the stage finished, and a finished stage is never retrained.
+A stage stopped by a non-finite loss, weight or statistic writes failed.json instead (hpt.pretrain.health).
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import yaml
 from tqdm import tqdm
 
 from hpt import distributed
-from hpt.atomic import atomic_write
+from hpt.atomic import atomic_write, atomic_write_text, remove_stale_temps
 from hpt.augment import AugmentConfig, EvalTransform
 from hpt.config import to_dict
 from hpt.convergence import StopConfig
 from hpt.data import moved_data, parse_data_spec
+from hpt.data.content import content_fingerprint
+from hpt.data.heldout import without_heldout
 from hpt.errors import HptError
 from hpt.methods import BYOLConfig, MocoV2Config, SimCLRConfig
 from hpt.metrics_log import append_result
@@ -39,8 +42,15 @@ from hpt.models import (
 from hpt.pretrain.anchor import AnchorConfig
 from hpt.pretrain.batchnorm import reestimate_bn_statistics
 from hpt.pretrain.guard import GuardConfig
+from hpt.pretrain.health import FAILED_FILE, TrainingDiverged
 from hpt.resume import load_state
-from hpt.stage_loop import per_rank_batch, prepare_data, set_trainable, train_ssl
+from hpt.stage_loop import (
+    KEPT_DIR,
+    per_rank_batch,
+    prepare_data,
+    set_trainable,
+    train_ssl,
+)
 
 log = logging.getLogger("hpt")
 
@@ -116,6 +126,11 @@ class StageConfig:
             raise HptError(f"stage '{self.name}': anchor and guard need a training stage (train: all or bn), "
                            f"not train: {self.train}")
         self.data = parse_data_spec(self.data).describe()
+        for section, reader in ((self.stop, "the convergence probe"), (self.guard, "the guard")):
+            if section is not None and self.train in ("all", "bn"):
+                # its val images (and evaluation's test) are carved from this data's train split when the data has
+                # no such split: pretraining leaves them out
+                self.data = without_heldout(self.data, section.data, f"{reader} of stage '{self.name}'")
 
     def semantic(self) -> dict[str, Any]:
         """The settings that determine the result (compared on resume and on re-runs). Settings added to hpt
@@ -168,7 +183,7 @@ def run_stage(
     stage_dir = Path(out_dir) / config.name
     summary_path = stage_dir / "summary.json"
     init_sha = weights_sha256(backbone)
-    semantic = {**config.semantic(), "init_sha256": init_sha}
+    semantic = recorded_settings(config, init_sha)
 
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
@@ -178,6 +193,14 @@ def run_stage(
         return StageResult(config.name, stage_dir, stage_dir / "backbone.safetensors", True, summary)
 
     state = load_state(stage_dir / "state")
+    failed = _read_failed(stage_dir)
+    if failed is not None and state is not None and not resume:
+        raise HptError(f"stage '{config.name}' in {stage_dir} stopped at step {failed['step']}: {failed['found']}; "
+                       "train it again with a lower lr in another --out (or delete that folder); --resume would "
+                       f"continue from its last good state, step {state['step']}, with the same settings")
+    if failed is not None:
+        log.warning("stage '%s' stopped at step %s in an earlier run (%s); %s", config.name, failed["step"],
+                    failed["found"], f"resuming from step {state['step']}" if state else "training it from the start")
     if state is not None and not resume:
         raise HptError(
             f"{stage_dir} holds an unfinished run of stage '{config.name}' (saved at step {state['step']}); "
@@ -186,13 +209,19 @@ def run_stage(
     if state is not None:
         _check_same(state["semantic"], semantic, stage_dir, "interrupted")
     if info.is_main:
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        (stage_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        # temp files of writes a killed run left (the output folder's lock says no other run writes here)
+        remove_stale_temps(stage_dir, stage_dir / "state", stage_dir / KEPT_DIR)
+        atomic_write_text(stage_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
 
     started = time.time()
     if config.train in ("all", "bn"):
         continued = _previous_method_state(config, previous_stage_dir) if state is None else None
-        stats = train_ssl(config, backbone, stage_dir, state, semantic, info, continued)
+        try:
+            stats = train_ssl(config, backbone, stage_dir, state, semantic, info, continued)
+        except TrainingDiverged as err:
+            if info.is_main:
+                _record_failure(config, semantic, stage_dir, Path(out_dir), err)
+            raise
     elif config.train == "bn-stats":
         stats = _reestimate_bn(config, backbone, info)
     else:
@@ -213,49 +242,132 @@ def run_stage(
     if info.is_main:
         metadata = {"stage": config.name, "train": config.train, "data": config.data, "steps": str(config.steps)}
         save_backbone(backbone, backbone_path, metadata)
+        (stage_dir / FAILED_FILE).unlink(missing_ok=True)
         atomic_write(summary_path, lambda h: h.write(json.dumps(summary, indent=2).encode()))
         append_result(Path(out_dir) / "results.jsonl", summary)
     distributed.barrier()
     return StageResult(config.name, stage_dir, backbone_path, False, summary)
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def _read_failed(stage_dir: Path) -> dict[str, Any] | None:
+    """The record of an earlier run of the stage that stopped on non-finite numbers (failed.json), or None."""
+    try:
+        record = json.loads((stage_dir / FAILED_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and {"step", "found"} <= record.keys() else None
+
+
+def _record_failure(config: StageConfig, semantic: dict[str, Any], stage_dir: Path, out_dir: Path,
+                    err: TrainingDiverged) -> None:
+    """failed.json in the stage folder (no summary.json: the stage is not finished) and a results.jsonl row."""
+    record = {"status": "failed", "kind": "pretrain", "stage": config.name, "train": config.train,
+              "data": config.data, "config": semantic, "step": err.step, "found": err.found,
+              "last_good_step": err.last_good_step, "error": str(err)}
+    atomic_write(stage_dir / FAILED_FILE, lambda h: h.write(json.dumps(record, indent=2).encode()))
+    append_result(out_dir / "results.jsonl", record)
+
+
+#: Where a run records what its data held (hpt.data.content fingerprints), next to its settings: moved data is
+#: recognised by it, and other data of the same name refused.
+DATA_CONTENT = "data_content"
+#: The settings that name data: the stage's own, and the probe's and the guard's when they read other data.
+DATA_SETTINGS = ("data", "stop.data", "guard.data")
+_UNSET = object()
+
+
+def data_contents(config: StageConfig) -> dict[str, str]:
+    """The content fingerprint of every data set the stage reads, by setting (recorded with the run's settings)."""
+    specs = {"data": config.data, "stop.data": config.stop.data if config.stop is not None else None,
+             "guard.data": config.guard.data if config.guard is not None else None}
+    found = {key: content_fingerprint(spec) for key, spec in specs.items() if spec}
+    return {key: value for key, value in found.items() if value is not None}
+
+
+def same_data_content(config: StageConfig, stage_dir: Path) -> bool:
+    """False when the run in `stage_dir` (finished or interrupted) recorded other content for a data set the stage
+    reads than that data now holds; True when they agree or either is unknown."""
+    recorded: Any = None
+    try:
+        recorded = json.loads((stage_dir / "summary.json").read_text()).get("config", {}).get(DATA_CONTENT)
+    except (OSError, ValueError, AttributeError):
+        try:
+            state = load_state(stage_dir / "state")
+        except HptError:
+            state = None
+        recorded = (state or {}).get("semantic", {}).get(DATA_CONTENT)
+    if not isinstance(recorded, dict):
+        return True
+    current = data_contents(config)
+    return all(recorded[key] == current[key] for key in recorded.keys() & current.keys())
+
+
+def recorded_settings(config: StageConfig, init_sha256: str) -> dict[str, Any]:
+    """What a run records to be compared with later runs: its settings, its start and its data's content."""
+    return {**config.semantic(), "init_sha256": init_sha256, DATA_CONTENT: data_contents(config)}
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any],
+                 prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(setting, old value, new value) of every setting that differs, nested ones by dotted name. A setting one side
+    lacks is its default there when `defaults` has it (LATER_DEFAULTS), and _UNSET otherwise."""
+    found = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key, defaults.get(key, _UNSET)), new.get(key, defaults.get(key, _UNSET))
+        if isinstance(before, dict) and isinstance(after, dict):
+            nested = defaults.get(key) if isinstance(defaults.get(key), dict) else {}
+            found += _differences(before, after, nested, f"{prefix}{key}.")
+        elif before != after or isinstance(before, bool) != isinstance(after, bool):
+            found.append((f"{prefix}{key}", before, after))
+    return found
+
+
+def _shown(value: Any) -> str:
+    if value is _UNSET or value is None:
+        return "unset"
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if v is not None}
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check_same(saved: dict[str, Any], current: dict[str, Any], stage_dir: Path, what: str) -> None:
     """Refuse to resume or reuse a stage whose result-determining settings changed.
 
-    Every setting is compared both ways; one that a side lacks counts as its default when it is a setting added
-    to hpt later (LATER_DEFAULTS: runs made before it existed used that default), and as a change otherwise.
-    Data that was moved (the same file name in another folder, the old one gone) is the same data.
+    Every setting is compared both ways, nested ones key by key; one that a side lacks counts as its default when it
+    is a setting added to hpt later (LATER_DEFAULTS: runs made before it existed used that default), and as a change
+    otherwise (an optional section such as stop or guard, set on one side only, is a change). Data is compared by
+    content where the run recorded it (data_content): data that was moved (the same name in another folder, the old
+    one gone) is the same data when its content is the same, and data whose content changed is other data.
     """
-    defaults = _flatten(LATER_DEFAULTS)
-    old, new = _flatten({**LATER_DEFAULTS, **saved}), _flatten({**LATER_DEFAULTS, **current})
-    missing = object()
-    changed = sorted(k for k in set(old) | set(new)
-                     if old.get(k, defaults.get(k, missing)) != new.get(k, defaults.get(k, missing)))
-    if "data" in changed and moved_data(old["data"], new["data"]):
-        log.warning("stage in %s: its data %s no longer exists; taking %s, which has the same name, as that data "
-                    "moved", stage_dir, old["data"], new["data"])
-        changed.remove("data")
-    if not changed:
+    old_content, new_content = saved.get(DATA_CONTENT) or {}, current.get(DATA_CONTENT) or {}
+    old = {k: v for k, v in saved.items() if k != DATA_CONTENT}
+    new = {k: v for k, v in current.items() if k != DATA_CONTENT}
+    changed = {name: (before, after) for name, before, after in _differences(old, new, LATER_DEFAULTS)}
+    reasons = []
+    for name in DATA_SETTINGS:
+        before_content, after_content = old_content.get(name), new_content.get(name)
+        other_content = before_content is not None and after_content is not None and before_content != after_content
+        if name in changed and isinstance(changed[name][0], str) and isinstance(changed[name][1], str) \
+                and moved_data(*changed[name]):
+            before, after = changed.pop(name)
+            if other_content:
+                reasons.append(f"{name}: {after} has the name of {before}, which no longer exists, but other content")
+            else:
+                log.warning("stage in %s: its %s %s no longer exists; taking %s, which has the same name%s, as that "
+                            "data moved", stage_dir, name, before, after,
+                            "" if before_content else " (its content was not recorded)")
+        elif name not in changed and other_content:
+            reasons.append(f"{name}: the content of {new.get(name)} changed since the stage ran")
+    start = changed.pop("init_sha256", None)
+    if start is not None:
+        reasons.insert(0, "the starting backbone differs (the base or an earlier stage changed)")
+    reasons += [f"{name}: {_shown(before)} -> {_shown(after)}" for name, (before, after) in changed.items()]
+    if not reasons:
         return
-    details = "; ".join(f"{k}: {old.get(k, 'unset')!r} -> {new.get(k, 'unset')!r}" for k in changed[:5]
-                        if k != "init_sha256")
-    if "init_sha256" in changed:
-        details = "; ".join(filter(None, ["the starting backbone differs (the base or an earlier stage changed)",
-                                          details]))
-    raise HptError(
-        f"the {what} stage in {stage_dir} was run with other settings ({details}); "
-        "use another --out, or delete that folder to train it again"
-    )
+    shown = "; ".join(reasons[:6]) + (f"; and {len(reasons) - 6} more" if len(reasons) > 6 else "")
+    raise HptError(f"the {what} stage in {stage_dir} was run with other settings or data ({shown}); "
+                   "use another --out, or delete that folder to train it again")
 
 
 def _previous_method_state(config: StageConfig, previous_stage_dir: Path | None) -> dict[str, torch.Tensor] | None:

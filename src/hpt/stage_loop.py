@@ -8,8 +8,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
-import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +19,7 @@ from tqdm import tqdm
 
 from hpt import distributed
 from hpt.augment import EvalTransform, MocoAugment
-from hpt.convergence import OnlineProbe, should_stop
+from hpt.convergence import OnlineProbe
 from hpt.data import channel_stats, make_eval_loader, make_loader, open_any
 from hpt.errors import HptError
 from hpt.methods import BYOL, SSLMethod, build_method
@@ -34,7 +32,10 @@ from hpt.pretrain.batchnorm import (
     reestimate_bn_statistics,
     restore_batchnorm,
 )
+from hpt.pretrain.continued import load_continued
 from hpt.pretrain.guard import Guard, build_guard
+from hpt.pretrain.health import FiniteCheck
+from hpt.pretrain.interrupt import DeferredInterrupt
 from hpt.resume import load_state, rng_state, save_state, set_rng_state
 
 if TYPE_CHECKING:
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("hpt")
 
 KEPT_DIR = "guard-kept"  # the guard's kept state, beside state/
-FAULT_ENV = "HPT_FAULT_AFTER_STEP"  # test hook: SIGKILL this process after the given step
 #: metrics.csv's accuracy column: the positive key ranked first (MoCo, SimCLR); BYOL: mean cosine to the target
 ACCURACY_COLUMN = {"mocov2": "moco_acc", "simclr": "simclr_acc", "byol": "byol_cosine"}
 
@@ -136,7 +136,7 @@ def train_ssl(
                                 weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(info.device.type, enabled=config.precision == "fp16")
     if continued is not None:
-        _load_continued(model, continued, backbone, config.name)
+        load_continued(model, continued, backbone, config.name)
     guard = build_guard(config.guard, config.data, info.device, config.budget == "auto") if config.guard else None
     if state:
         model.load_state_dict(state["model"])
@@ -169,27 +169,29 @@ def train_ssl(
         )
     metrics = MetricsLog(stage_dir, resume_step=start_step) if info.is_main else None
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
-    fault_step = int(os.environ.get(FAULT_ENV, "0"))
     probe = None
     if config.stop is not None:
         probe = OnlineProbe(config.stop, config.stop.data or config.data, info.device)
         probe.history = [tuple(item) for item in (state or {}).get("probe_history", [])]
         if start_step == 0 and not probe.history:  # the start's score: a stage that never beats it is said so
-            log.info("%s step 0 (the start): convergence probe %.4f", config.name, probe.score(0, model.backbone))
+            probe.decide(0, model.backbone, config.name)
     stopped: dict[str, Any] | None = None
-    saver = _Saver(stage_dir, model, optimizer, scaler, semantic, queue_size, info)
+    saver = _Saver(stage_dir, model, optimizer, scaler, semantic, queue_size, info, start_step if state else None)
+    health = FiniteCheck(config, model, optimizer, stage_dir, info.device)
     if guard is not None and start_step == 0:
         _reestimate_start(config, dataset, per_rank, mean, std, side, model.backbone, info)
         _guard_check(guard, 0, config, model, optimizer, saver, info)
     collapse = CollapseWatch(config.name, warmup_steps=max(config.log_every, config.steps // 4))
-    iterator = iter(loader)
     progress = tqdm(total=config.steps, initial=start_step, disable=not info.is_main or None, unit="step",
                     desc=config.name, dynamic_ncols=True)
-    loop_start = time.perf_counter()
-    window_start, window_images = loop_start, 0
     loss_value = float("nan")
     step = start_step
+    interrupt = DeferredInterrupt()  # Ctrl-C: finish the step, save it, stop
     try:
+        interrupt.install()  # before the DataLoader forks its workers, which inherit the handler
+        iterator = iter(loader)
+        loop_start = time.perf_counter()
+        window_start, window_images = loop_start, 0
         for step in range(start_step, config.steps):
             images, _ = next(iterator)
             images = images.to(info.device, non_blocking=True)
@@ -217,8 +219,16 @@ def train_ssl(
             scaler.step(optimizer)
             scaler.update()
             done = step + 1
+            health.note_loss(done, loss)
             window_images += config.batch_size
-            if done % config.log_every == 0 or done == config.steps:
+            logged = done % config.log_every == 0 or done == config.steps
+            probe_due = probe is not None and config.stop is not None and done % config.stop.every == 0
+            guard_due = guard is not None and guard.due(done, config.steps)
+            scan = done % config.checkpoint_every == 0 or done == config.steps or done in config.keep_backbones \
+                or probe_due or guard_due  # before anything is saved or read: every weight and statistic
+            interrupted = health.check(done, scan, interrupt.requested, saver.last_step) if (
+                logged or scan or (interrupt.requested and not info.distributed)) else False
+            if logged:
                 loss_value = out.loss.item()
                 now = time.perf_counter()
                 rate = window_images / max(now - window_start, 1e-9)
@@ -240,34 +250,34 @@ def train_ssl(
                                  row["embedding_spread"], row["lr"], rate, eta,
                                  f" anchor {row['anchor']:.4f}" if "anchor" in row else "")
             progress.update(1)
-            if probe is not None and config.stop is not None and done % config.stop.every == 0:
-                value = probe.score(done, model.backbone)
-                decision = should_stop(probe.history, probe.margin(), config.stop.patience, config.stop.min_steps)
-                log.info("%s step %d: convergence probe %.4f%s", config.name, done, value,
-                         f"; stopping: {decision.reason}" if decision.stop else "")
+            if probe_due and probe is not None:
+                decision = probe.decide(done, model.backbone, config.name)  # rank 0's, on every rank
                 if decision.stop:
                     stopped = {"step": done, "reason": decision.reason, "steps_saved": config.steps - done,
                                "probe_history": probe.history}
-            if (guard is not None and guard.due(done, config.steps)
+            if (guard_due and guard is not None
                     and _guard_check(guard, done, config, model, optimizer, saver, info) and done < config.steps):
                 stopped = {"step": done, "reason": guard.reason, "steps_saved": config.steps - done}
             extra = {"probe_history": probe.history} if probe is not None else {}
             if guard is not None:
                 extra["guard"] = guard.state()
-            if done % config.checkpoint_every == 0 or done == config.steps or stopped:
+            if done % config.checkpoint_every == 0 or done == config.steps or stopped or interrupted:
                 saver.save(done, extra)
             if done in config.keep_backbones and info.is_main:
                 save_backbone(model.backbone, stage_dir / f"backbone-step{done}.safetensors",
                               {"stage": config.name, "step": str(done), "data": config.data})
-            if fault_step and done == fault_step:
-                os.kill(os.getpid(), signal.SIGKILL)
+            if interrupted and not stopped and done < config.steps:
+                raise HptError(f"interrupted after step {done}; its state is saved in {stage_dir / 'state'}: "
+                               "run the same command with --resume to continue")
             if stopped:
                 break
-    except KeyboardInterrupt:
-        saver.save(step, {"guard": guard.state()} if guard is not None else {})
-        raise HptError(f"interrupted at step {step}; the state is saved in {stage_dir / 'state'}: "
-                       "run the same command with --resume to continue") from None
+    except KeyboardInterrupt:  # a second Ctrl-C: the step in progress is dropped, the last saved state kept
+        kept = (f"the last saved state (step {saver.last_step}) is kept in {stage_dir / 'state'}: run the same "
+                "command with --resume to continue from it" if saver.last_step else
+                "no state was saved yet: run the same command again to start the stage over")
+        raise HptError(f"interrupted during step {step + 1}; {kept}") from None
     finally:
+        interrupt.restore()
         progress.close()
         if metrics is not None:
             metrics.close()
@@ -334,7 +344,7 @@ def _guard_check(guard: Guard, step: int, config: StageConfig, model: SSLMethod,
     if info.is_main:
         action = guard.observe(step, guard.read(step, model.backbone), config.steps)
         log.info("%s step %d: guard: %s", config.name, step, action.message)
-    action = distributed.all_gather_objects(action)[0]  # the decision is rank 0's, taken by every rank
+    action, guard.reason = distributed.broadcast_object((action, guard.reason))  # rank 0's, taken by every rank
     guard.lr_scale = action.lr_scale
     if action.keep:
         saver.save(step, {"guard": guard.state()}, KEPT_DIR)
@@ -354,9 +364,10 @@ class _Saver:
 
     def __init__(self, stage_dir: Path, model: SSLMethod, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, semantic: dict[str, Any], queue_size: int | None,
-                 info: distributed.DistInfo) -> None:
+                 info: distributed.DistInfo, last_step: int | None = None) -> None:
         self.stage_dir, self.model, self.optimizer, self.scaler = stage_dir, model, optimizer, scaler
         self.semantic, self.queue_size, self.info = semantic, queue_size, info
+        self.last_step = last_step  # the step of the resume state in state/ (None: none)
 
     def save(self, step: int, extra: dict[str, Any] | None = None, folder: str = "state") -> None:
         if self.info.is_main:
@@ -365,27 +376,9 @@ class _Saver:
                 "scaler": self.scaler.state_dict(), "rng": rng_state(), "semantic": self.semantic,
                 "queue_size": self.queue_size, **(extra or {}),
             })
+        if folder == "state":
+            self.last_step = step
         distributed.barrier()
-
-
-def _load_continued(model: SSLMethod, weights: dict[str, torch.Tensor], backbone: ResNet, name: str) -> None:
-    """Load the previous stage's method state around this stage's starting backbone, which must match its weights.
-
-    The backbone's BatchNorm statistics are kept as handed over (after DDP they are averaged over the ranks).
-    """
-    start = {key: value.detach().clone() for key, value in backbone.state_dict().items()}
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise HptError(f"stage '{name}': continue_method cannot load the previous stage's method state ({first}); "
-                       "the method, its head or its queue size differ: keep them equal or set continue_method: "
-                       "false") from None
-    if any(not torch.equal(param.detach().cpu(), start[key].cpu()) for key, param in backbone.named_parameters()):
-        raise HptError(f"stage '{name}': the previous stage's saved state does not hold the backbone it finished "
-                       "with (was its folder changed after training?); set continue_method: false")
-    backbone.load_state_dict(start)
-    log.info("%s: continuing the previous stage's head, key encoder and queue", name)
 
 
 def scheduled_lr(peak: float, step: int, steps: int, warmup_steps: int = 0) -> float:

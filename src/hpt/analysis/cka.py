@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hpt.atomic import atomic_text_file
 from hpt.augment import EvalTransform
 from hpt.data import DataSpec, ImageDataset, channel_stats, open_dataset, parse_data_spec
 from hpt.errors import HptError
@@ -240,7 +241,7 @@ def write_similarity(out: Path, record: dict[str, Any]) -> None:
     """similarity.csv (one row per layer, one column per pair), similarity.png (heatmap), similarity.json."""
     out.mkdir(parents=True, exist_ok=True)
     pair_names = [f"{p['a']} vs {p['b']}" for p in record["pairs"]]
-    with (out / "similarity.csv").open("w", newline="") as handle:
+    with atomic_text_file(out / "similarity.csv") as handle:
         writer = csv.writer(handle)
         writer.writerow(["layer", "channels", *pair_names])
         for row in record["layers"]:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from hpt.analysis.cka import extract_pooled, pooled_stages
+from hpt.atomic import atomic_text_file
 from hpt.errors import HptError
 from hpt.eval.common import milestones, pick_device
 from hpt.eval.curve import save_figure, write_json
@@ -137,7 +138,7 @@ def _differs(a: dict[str, Any], b: dict[str, Any], n: int) -> bool:
 def write_depth(out: Path, record: dict[str, Any]) -> None:
     """depth.csv (one row per depth), depth.png (score against depth with interval bars), depth.json."""
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "depth.csv").open("w", newline="") as handle:
+    with atomic_text_file(out / "depth.csv") as handle:
         writer = csv.writer(handle)
         writer.writerow(["depth", "dim", "test", "low", "high", "val", "vs_best"])
         for r in record["rows"]:

@@ -78,6 +78,23 @@ def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
         raise HptError(f"cannot read {path} as an .npz archive ({err}); check that the file is complete") from None
 
 
+def read_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    """One array of an npz archive; an array of Python objects (never unpickled) is an HptError naming the fix."""
+    try:
+        return archive[key]
+    except ValueError as err:
+        if "allow_pickle" not in str(err):
+            raise HptError(f"cannot read {key} of {path} ({err}); check that the file is complete") from None
+        raise object_array_error(path, key) from None
+
+
+def object_array_error(path: Path, key: str) -> HptError:
+    """The error for an array saved with dtype=object: hpt never unpickles data files."""
+    fix = f"{key}.astype(np.int64)" if key.endswith("labels") else f"{key}.astype(np.uint8) of one image shape"
+    return HptError(f"{path}: {key} holds Python objects (dtype=object), which hpt does not load (unpickling can run "
+                    f"code); save it as a numeric array, e.g. {fix}")
+
+
 def _splits_to_read(split: str, keys: list[str], path: Path) -> list[str]:
     present = [s for s in SPLITS if f"{s}_images" in keys]
     if split == "all":
@@ -98,8 +115,8 @@ def _read_splits(archive: np.lib.npyio.NpzFile, splits: list[str], path: Path
     images: list[np.ndarray] = []
     labels: list[np.ndarray | None] = []
     for split in splits:
-        x = _check_images(archive[f"{split}_images"], f"{split}_images", path)
-        y = _check_labels(archive[f"{split}_labels"], f"{split}_labels", len(x), path) \
+        x = _check_images(read_array(archive, f"{split}_images", path), f"{split}_images", path)
+        y = _check_labels(read_array(archive, f"{split}_labels", path), f"{split}_labels", len(x), path) \
             if f"{split}_labels" in archive.files else None
         if images and x.shape[1:] != images[0].shape[1:]:
             raise HptError(f"{path}: {split}_images has images of shape {x.shape[1:]} but {splits[0]}_images has "
@@ -176,7 +193,7 @@ def _count_classes(archive: np.lib.npyio.NpzFile, keys: list[str], labels: np.nd
     top = int(labels.max())
     for key in keys:
         if key.endswith("_labels") and key[: -len("_labels")] in SPLITS:
-            other = archive[key]
+            other = read_array(archive, key, path)
             single = other.ndim == 1 or (other.ndim == 2 and other.shape[1] == 1)
             if other.size and single and np.issubdtype(other.dtype, np.number):
                 top = max(top, int(np.max(other)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,6 +12,8 @@ from torch.utils.data import Dataset
 
 from hpt.data.spec import DataSpec
 from hpt.errors import HptError
+
+log = logging.getLogger("hpt")
 
 
 class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -106,7 +109,8 @@ class Selection:
 
 def select(spec: DataSpec, num_rows: int, labels: np.ndarray | None, num_classes: int | None = None,
            class_names: list[str] | None = None) -> Selection:
-    """Apply the spec's classes filter (remapping labels to 0..len-1) and then fraction/count to a split's rows."""
+    """Apply the spec's classes filter (remapping labels to 0..len-1), then exclude_heldout (the rows evaluation
+    holds out as val/test; labelled data only), then fraction/count to a split's rows."""
     indices = np.arange(num_rows, dtype=np.int64)
     if spec.classes is not None:
         if labels is None:
@@ -132,6 +136,13 @@ def select(spec: DataSpec, num_rows: int, labels: np.ndarray | None, num_classes
         num_classes = len(spec.classes)
         if class_names is not None:
             class_names = [class_names[c] for c in spec.classes]
+    if spec.exclude_heldout and labels is not None and (labels.ndim == 2 or not (labels < 0).any()):
+        from hpt.data.heldout import heldout_rows
+
+        kept = np.setdiff1d(np.arange(len(indices)), heldout_rows(spec, labels), assume_unique=True)
+        log.info("%s: %d of %d training images left out: evaluation holds them out as val/test", spec.describe(),
+                 len(indices) - len(kept), len(indices))
+        indices, labels = indices[kept], labels[kept]
     strata = labels if labels is not None and labels.ndim == 1 else None
     chosen = _subsample(spec, len(indices), strata)
     if chosen is not None:

@@ -20,7 +20,16 @@ import numpy as np
 import torch
 
 from hpt.atomic import atomic_write
-from hpt.data.arrays import SPLITS, _check_images, _check_labels, _open_npz, _to_channels, resize_batch
+from hpt.data.arrays import (
+    SPLITS,
+    _check_images,
+    _check_labels,
+    _open_npz,
+    _to_channels,
+    object_array_error,
+    read_array,
+    resize_batch,
+)
 from hpt.data.base import ImageDataset, select
 from hpt.data.spec import DataSpec
 from hpt.errors import HptError
@@ -155,6 +164,8 @@ def _open_images(path: Path) -> _Part:
     try:
         mapped = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as err:
+        if _holds_objects(err):
+            raise object_array_error(path, path.name[: -len(".npy")]) from None
         raise HptError(f"cannot read {path} as an .npy array ({err}); check that the file is complete") from None
     try:
         if not isinstance(mapped, np.memmap):
@@ -181,7 +192,14 @@ def _load_small(path: Path) -> np.ndarray:
     try:
         return np.asarray(np.load(path, allow_pickle=False))
     except (OSError, ValueError) as err:
+        if _holds_objects(err):
+            raise object_array_error(path, path.name[: -len(".npy")]) from None
         raise HptError(f"cannot read {path} as an .npy array ({err}); check that the file is complete") from None
+
+
+def _holds_objects(err: Exception) -> bool:
+    """True for numpy's refusal of an array of Python objects (dtype=object) without allow_pickle."""
+    return "allow_pickle" in str(err) or "Python objects" in str(err)
 
 
 def _read_labels(root: Path, splits: list[str], parts: list[_Part]) -> np.ndarray | None:
@@ -231,13 +249,13 @@ def npz_to_npy_dir(npz_path: str | Path, out_dir: str | Path) -> Path:
             raise HptError(f"{source} has no <split>_images array (it has: {', '.join(keys)}); nothing to convert")
         out.mkdir(parents=True, exist_ok=True)
         for split in splits:
-            raw = archive[f"{split}_images"]
+            raw = read_array(archive, f"{split}_images", source)
             images = _check_images(raw, f"{split}_images", source)
             _save(out / f"{split}{IMAGES_SUFFIX}", images[..., 0] if raw.ndim == 3 else images)
             count = len(images)
             del raw, images
             if f"{split}_labels" in keys:
-                labels = archive[f"{split}_labels"]
+                labels = read_array(archive, f"{split}_labels", source)
                 _check_labels(labels, f"{split}_labels", count, source)
                 _save(out / f"{split}{LABELS_SUFFIX}", labels)
     log.info("converted %s to the npy folder %s (splits: %s)", source, out, ", ".join(splits))

@@ -27,7 +27,7 @@ UNCERTAIN_POLICIES: tuple[str, ...] = ("zeros", "ones")
 # Keys accepted after `?` (string form) or beside kind/path (mapping form), in canonical order.
 OPTION_KEYS: tuple[str, ...] = (
     "split", "fraction", "count", "seed", "classes", "size", "skip_corrupt", "grayscale",
-    "path_column", "label_columns", "root", "uncertain",
+    "path_column", "label_columns", "root", "uncertain", "exclude_heldout",
 )
 CSV_ONLY_KEYS: tuple[str, ...] = ("path_column", "label_columns", "root", "uncertain")
 FILE_ONLY_KEYS: tuple[str, ...] = ("skip_corrupt",)
@@ -54,6 +54,9 @@ class DataSpec:
     label_columns: tuple[str, ...] | None = None
     root: Path | None = None
     uncertain: str = "zeros"
+    # Leave out the train images that evaluation sets aside as val/test when the data has no such split
+    # (hpt.data.heldout): pretraining then never sees an image that evaluation scores.
+    exclude_heldout: bool = False
 
     def __post_init__(self) -> None:
         # Normalise convenient input types (str paths, lists), then validate every field.
@@ -106,7 +109,8 @@ def moved_data(old: str, new: str) -> bool:
     differs, the file or folder name is the same, and `old`'s location no longer exists.
 
     Lets a run that was copied or moved to another machine or checkout resume, while a spec that names another,
-    still existing data set is still told apart.
+    still existing data set is still told apart. This compares names only: callers that recorded the data's
+    content (hpt.data.content) also compare that, so that other data of the same name is not taken for it.
     """
     try:
         before, after = parse_data_spec(old), parse_data_spec(new)
@@ -224,7 +228,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if not isinstance(items, (list, tuple)):
             raise bad("a comma-separated list of class indices")
         return tuple(_to_int(item, bad) for item in items)
-    if key in ("skip_corrupt", "grayscale"):
+    if key in ("skip_corrupt", "grayscale", "exclude_heldout"):
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()
@@ -307,6 +311,9 @@ def _validate(spec: DataSpec) -> None:
             if getattr(spec, key) != defaults[key].default:
                 raise HptError(f"{key} only applies to image files (folder or csv data), not {spec.kind}; "
                                "remove it")
+    if spec.exclude_heldout and (spec.kind == "wds" or spec.split != "train"):
+        raise HptError(f"exclude_heldout applies to split=train of indexable data (evaluation carves val/test from "
+                       f"train), not split={spec.split} of {spec.kind} data; remove it")
     if spec.kind == "wds":
         if spec.skip_corrupt:
             raise HptError("skip_corrupt does not apply to wds shards (a damaged sample is an error naming its "

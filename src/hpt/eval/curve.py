@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from hpt.atomic import atomic_write_text
+from hpt.atomic import atomic_text_file, atomic_write, atomic_write_text
 
 
 @dataclass
@@ -39,8 +39,7 @@ class Curve:
 
 
 def write_curves_csv(path: Path, curves: list[Curve]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
+    with atomic_text_file(path) as handle:
         writer = csv.writer(handle)
         writer.writerow(["seed", "step", "lr", "val", "test"])
         for curve in curves:
@@ -78,9 +77,10 @@ def save_figure(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda handle: fig.savefig(handle, format=path.suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
 
 
 def write_json(path: Path, record: dict[str, Any]) -> None:

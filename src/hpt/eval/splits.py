@@ -14,13 +14,12 @@ import torch
 
 from hpt.data import DataSpec, ImageDataset, open_dataset, parse_data_spec
 from hpt.data.base import stratified_choice
+from hpt.data.heldout import CARVE_FRACTION, CARVE_ORDER, carve, carve_seed, find_split
 from hpt.errors import HptError
 
 log = logging.getLogger("hpt")
 
 SPLIT_NAMES = ("train", "val", "test")
-_ALIASES = {"val": ("val", "valid", "validation"), "test": ("test",)}
-CARVE_FRACTION = {"val": 0.1, "test": 0.2}  # of train, when the data has no such split
 
 
 @dataclass
@@ -68,17 +67,19 @@ class LabelledSplits:
 
 
 def load_splits(spec: str | DataSpec | dict[str, Any], *, seed: int = 0) -> LabelledSplits:
-    """Open train, val and test of a labelled data set; carve val (10%) and test (20%) from train if absent."""
+    """Open train, val and test of a labelled data set; carve val (10%) and test (20%) from train if absent.
+
+    exclude_heldout in the spec (a stage's pretraining data) is ignored here: these are the images it left out."""
     base = parse_data_spec(spec)
-    train_spec = replace(base, split="train")
+    train_spec = replace(base, split="train", exclude_heldout=False)
     whole = replace(train_spec, fraction=None, count=None)
     train_ds = open_dataset(whole)
     _require_labels(train_ds)
     origin = {"train": "split 'train' of the data"}
     views: dict[str, SplitView] = {}
     pool = np.arange(len(train_ds), dtype=np.int64)
-    for name in ("test", "val"):
-        found = _find_split(base, name)
+    for name in CARVE_ORDER:
+        found = find_split(base, name)
         if found is not None:
             ds = open_dataset(replace(whole, split=found))
             _require_labels(ds)
@@ -86,11 +87,16 @@ def load_splits(spec: str | DataSpec | dict[str, Any], *, seed: int = 0) -> Labe
             views[name] = SplitView(ds, np.arange(len(ds), dtype=np.int64))
             origin[name] = f"split '{found}' of the data"
         else:
-            carved, pool = _carve(train_ds, pool, CARVE_FRACTION[name], seed + (1 if name == "val" else 2))
+            assert train_ds.labels is not None
+            carved, pool = carve(train_ds.labels, train_ds.multilabel, pool, CARVE_FRACTION[name],
+                                 carve_seed(seed, name), train_ds.spec.describe())
             views[name] = SplitView(train_ds, carved)
             origin[name] = f"carved from train: {CARVE_FRACTION[name]:.0%} of it (seed {seed}), the data has no {name} split"
-            log.info("%s: no %s split; %d training images set aside as %s (seed %d)", base.describe(), name,
-                     len(carved), name, seed)
+            hint = "left out of pretraining (exclude_heldout=true)" if base.exclude_heldout else \
+                "a stage pretraining on this data leaves them out with exclude_heldout=true in its data spec" + \
+                ("" if seed == 0 else ", which carves with seed 0")
+            log.info("%s: no %s split; %d training images set aside as %s (seed %d); %s", base.describe(), name,
+                     len(carved), name, seed, hint)
     pool = _labelled_subset(train_spec, train_ds, pool)
     if train_spec.fraction is not None or train_spec.count is not None:
         origin["train"] += f", subset {'fraction=' + str(train_spec.fraction) if train_spec.fraction else 'count=' + str(train_spec.count)} (seed {train_spec.seed})"
@@ -98,6 +104,7 @@ def load_splits(spec: str | DataSpec | dict[str, Any], *, seed: int = 0) -> Labe
         if len(view) == 0:
             raise HptError(f"the {name} split of {base.describe()} has no images; evaluation needs images in "
                            "train, val and test")
+        _require_two_classes(view, name, base.describe(), any(o.startswith("carved") for o in origin.values()))
     assert train_ds.num_classes is not None
     return LabelledSplits(SplitView(train_ds, pool), views["val"], views["test"], origin, train_ds.num_classes,
                           train_ds.multilabel, train_ds.class_names, base)
@@ -109,6 +116,29 @@ def _require_labels(ds: ImageDataset) -> None:
                        "*_labels, a folder with one sub-folder per class, or a csv with label columns")
     if not ds.multilabel and (ds.labels < 0).any():
         raise HptError(f"{ds.spec.describe()} has unlabelled images (label -1); evaluation needs a label for each")
+
+
+def _require_two_classes(view: SplitView, split: str, data: str, carved_any: bool) -> None:
+    """Refuse a split whose labels cannot measure anything: one class only (every prediction of it is right), or,
+    multi-label, no class with both positive and negative images (AUROC undefined for all)."""
+    labels = view.labels
+    carved = " (val/test are carved from train here: add images of the rarer classes, or provide val and test " \
+        "splits)" if carved_any else ""
+    if view.dataset.multilabel:
+        positives = np.asarray(labels).sum(axis=0)
+        if not ((positives > 0) & (positives < len(labels))).any():
+            raise HptError(f"the {split} split of {data} has no class with both positive and negative images, so "
+                           f"AUROC is undefined for every class; use a {split} split in which some label is present "
+                           f"in some images and absent in others{carved}")
+        return
+    present = np.unique(labels)
+    if len(present) < 2:
+        names = view.dataset.class_names
+        which = names[int(present[0])] if names and len(present) == 1 and int(present[0]) < len(names) else \
+            ", ".join(map(str, present.tolist())) or "none"
+        raise HptError(f"the {split} split of {data} holds a single class ({which}), so every score would be "
+                       f"trivial; evaluation needs at least two classes in train, val and test: use labelled data "
+                       f"with several classes (check the labels and the data spec's classes= filter){carved}")
 
 
 def _check_same_classes(train: ImageDataset, other: ImageDataset, split: str) -> None:
@@ -124,49 +154,6 @@ def _check_same_classes(train: ImageDataset, other: ImageDataset, split: str) ->
             raise HptError(f"labels differ between splits of {train.spec.path}: {split} has classes "
                            f"{', '.join(map(str, unseen[:10]))} that never occur in train; every split needs the "
                            "same classes (check the label columns or the class folders)")
-
-
-def _find_split(spec: DataSpec, name: str) -> str | None:
-    """The name under which the data holds split `name` (val / valid / validation), or None."""
-    for candidate in _ALIASES[name]:
-        if _has_split(spec, candidate):
-            return candidate
-    return None
-
-
-def _has_split(spec: DataSpec, split: str) -> bool:
-    if spec.kind == "npz":
-        with np.load(spec.path) as arrays:
-            return f"{split}_images" in arrays.files
-    if spec.kind == "folder":
-        return (spec.path / split).is_dir()
-    import csv
-
-    with spec.path.open(newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, [])
-        if "split" not in header:
-            return False
-        col = header.index("split")
-        return any(len(row) > col and row[col].strip() == split for row in reader)
-
-
-def _carve(ds: ImageDataset, pool: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Take a stratified `fraction` of `pool` out of it: (carved, rest), both sorted."""
-    k = max(1, int(round(fraction * len(pool))))
-    if k >= len(pool):
-        raise HptError(f"{ds.spec.describe()} has only {len(pool)} training images, too few to set aside a val or "
-                       "test split; add images or provide val/test splits")
-    rng = np.random.default_rng(seed)
-    assert ds.labels is not None
-    labels = ds.labels[pool]
-    if ds.multilabel:
-        chosen = np.sort(rng.choice(len(pool), size=k, replace=False))
-    else:
-        chosen = stratified_choice(labels, k, rng)
-    mask = np.zeros(len(pool), dtype=bool)
-    mask[chosen] = True
-    return pool[mask], pool[~mask]
 
 
 def _labelled_subset(spec: DataSpec, ds: ImageDataset, pool: np.ndarray) -> np.ndarray:

@@ -4,7 +4,8 @@ machine without the old data) are found again.
 A stage's id hashes its settings, data path included, so after a move the same stage gets a new id. When the
 folder of that new id does not exist, the ids the variant would have had with the old data paths are tried:
 the old paths are read from the saved configs of the stage runs of the same name, and only paths that
-`hpt.data.moved_data` calls the same data (same file name, old place gone) are taken. The run found is then
+`hpt.data.moved_data` calls the same data (same file name, old place gone) are taken, and of their runs only those
+whose recorded data content is that of the data now (other data of the same name trains anew). The run found is then
 resumed or reused as it is; `run_stage` checks its settings once more.
 """
 
@@ -20,7 +21,7 @@ import yaml
 
 from hpt.data import moved_data
 from hpt.experiments.plan import Variant
-from hpt.stage import StageConfig
+from hpt.stage import StageConfig, same_data_content
 
 log = logging.getLogger("hpt")
 
@@ -37,7 +38,8 @@ def existing_stage_ids(variant: Variant, stages: Path) -> list[str]:
     for old_paths in _old_path_choices(variant, stages):
         moved_ids = _with_data(variant, old_paths).stage_ids()
         for i, (current, before) in enumerate(zip(ids, moved_ids, strict=True)):
-            if found[i] == current and not (stages / current).exists() and (stages / before).exists():
+            if found[i] == current and not (stages / current).exists() and (stages / before).exists() \
+                    and same_data_content(variant.stages[i], stages / before / variant.stages[i].name):
                 log.warning("stage '%s': reusing %s, run before its data moved (now %s)", variant.stages[i].name,
                             stages / before, variant.stages[i].data)
                 found[i] = before

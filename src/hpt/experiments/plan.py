@@ -14,6 +14,7 @@ from typing import Any
 
 from hpt.config import deep_merge, from_dict
 from hpt.data import parse_data_spec
+from hpt.data.heldout import without_heldout
 from hpt.errors import HptError
 from hpt.experiments.config import ExperimentConfig
 from hpt.hierarchy import BaseConfig
@@ -116,7 +117,13 @@ class _Builder:
 
     def __init__(self, config: ExperimentConfig) -> None:
         self.config = config
-        self.target_data = _train_split(config.target)
+        self.target_data = self.pretraining_data(config.target)
+
+    def pretraining_data(self, data: str) -> str:
+        """The train split of `data`, without the images evaluation holds out of it as val/test (when the data has
+        no such split and evaluation scores the same data)."""
+        evaluated = self.config.eval.data or self.config.target
+        return without_heldout(_train_split(data), evaluated, f"evaluation ({evaluated})")
 
     def stage(self, name: str, data: str, steps: int, train: str = "all", recipe: str | None = None,
               **extra: Any) -> StageConfig:
@@ -191,7 +198,7 @@ def _sequential(config: ExperimentConfig) -> list[Variant]:
     target_stats = b.stage("bn-stats", b.target_data, config.budgets.bn_stats, "bn-stats")
     with_source, with_both = [], []
     for spec in config.sources:
-        source = b.stage("source", _train_split(spec), config.budgets.source, "all", "source")
+        source = b.stage("source", b.pretraining_data(spec), config.budgets.source, "all", "source")
         suffix = f" ({source_name(spec)})" if len(config.sources) > 1 else ""
         with_source.append(Variant("sequential", f"B+S{suffix}", b.base(), [source, target_stats], series="B+S"))
         with_both.append(b.hpt("sequential", f"B+S+T{suffix}", prefix=[source], series="B+S+T"))

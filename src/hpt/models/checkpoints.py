@@ -27,11 +27,29 @@ from hpt.models.formats import (
     read_state_dict,
 )
 from hpt.models.named import NAMED_WEIGHTS, resolve_named
-from hpt.models.resnet import ResNet, build_resnet
+from hpt.models.resnet import ARCHS, ResNet, build_resnet
 
 EXPORT_FORMATS = ("torchvision", "moco", "safetensors")
 _SHOW = 10  # keys listed per category in error messages
 _RESERVED_META = ("format", "arch", "small_stem", "width")
+
+
+@dataclass
+class LoadCheck:
+    """Whether a checkpoint's backbone loads strictly (as ``--base`` loads it) into the architecture it describes."""
+
+    target: str | None  # the architecture tried: detected from the weights, else claimed by the metadata
+    loadable: bool
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape_mismatches: list[str] = field(default_factory=list)
+    problem: str = ""  # why it does not load, with the first offending keys; "" when it loads
+
+    def describe(self) -> str:
+        """'yes, into ARCH' or 'not loadable into ARCH: WHY' (the line of `hpt inspect`)."""
+        if self.loadable:
+            return f"yes, into {self.target}"
+        return f"not loadable into {self.target}: {self.problem}" if self.target else f"not loadable: {self.problem}"
 
 
 @dataclass
@@ -45,6 +63,7 @@ class CheckpointInfo:
     backbone_keys: int
     ignored_keys: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    load_check: LoadCheck | None = None  # set by inspect_checkpoint
 
     def describe(self) -> str:
         """A few human-readable lines (for ``hpt inspect``-style output)."""
@@ -57,6 +76,8 @@ class CheckpointInfo:
             f"ignored:   {len(self.ignored_keys)} keys" + (f" ({ignored})" if ignored else ""),
         ]
         lines += [f"meta:      {k} = {v}" for k, v in sorted(self.metadata.items())]
+        if self.load_check is not None:
+            lines.append(f"loadable:  {self.load_check.describe()}")
         return "\n".join(lines)
 
 
@@ -87,12 +108,53 @@ def _open(source: str | Path, cache_dir: Path | None = None) -> tuple[dict[str, 
 
 
 def inspect_checkpoint(source: str | Path) -> CheckpointInfo:
-    """Describe a checkpoint file or named weights (format, inferred architecture, key counts).
+    """Describe a checkpoint file or named weights (format, inferred architecture, key counts, loadability).
 
     Raises HptError if the file cannot be read or holds no ``conv1``/``layer1`` ResNet keys at all;
-    ``spec`` is None when such keys exist but do not form a supported ResNet.
+    ``spec`` is None when such keys exist but do not form a supported ResNet. ``load_check`` says whether the
+    backbone loads strictly into the architecture detected (or, failing that, claimed by the metadata).
     """
-    return _open(source)[1]
+    state, info = _open(source)
+    info.load_check = check_loadable(state, info)
+    return info
+
+
+def _claimed_spec(meta: Mapping[str, str], state: Mapping[str, Tensor]) -> BackboneSpec | None:
+    """The architecture a file's metadata names (``arch``, ``small_stem``, ``width``), the rest from conv1."""
+    arch = meta.get("arch")
+    if arch not in ARCHS:
+        return None
+    conv1 = state.get("conv1.weight")
+    small_stem = meta["small_stem"] == "True" if "small_stem" in meta else conv1 is not None and conv1.shape[-1] == 3
+    width = meta.get("width", "")
+    return BackboneSpec(str(arch), small_stem, int(width) if width.isdigit() else 64 if conv1 is None else conv1.shape[0])
+
+
+def _short(title: str, items: list[str], show: int = 3) -> str:
+    more = f" and {len(items) - show} more" if len(items) > show else ""
+    return f"{len(items)} {title} ({', '.join(items[:show])}{more})"
+
+
+def check_loadable(state: Mapping[str, Tensor], info: CheckpointInfo) -> LoadCheck:
+    """Check ``state`` against the keys and shapes of a ResNet of the detected (else claimed) architecture by the
+    rule :func:`load_backbone` applies: every key present with its shape, nothing else."""
+    target = info.spec or _claimed_spec(info.metadata, state)
+    if target is None:
+        try:
+            infer_spec(state)
+            problem = "its backbone keys are not a recognised ResNet"
+        except HptError as err:
+            problem = str(err)
+        return LoadCheck(None, False, problem=problem)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = build_resnet(target.arch, small_stem=target.small_stem, width=target.width)
+    model_state = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    missing, unexpected, shapes = _check_strict(model_state, state)
+    if not (missing or unexpected or shapes):
+        return LoadCheck(str(target), True)
+    found = [_short(title, items) for title, items in
+             (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if items]
+    return LoadCheck(str(target), False, missing, unexpected, shapes, ", ".join(found))
 
 
 def _spec_of(model: ResNet) -> BackboneSpec:

@@ -8,8 +8,10 @@ own resume state. Pickles are only ever read with ``weights_only=True``: a file 
 from __future__ import annotations
 
 import pickle
+import pickletools
 import re
 import struct
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,14 +84,72 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     return dict(state), dict(meta)
 
 
-def _refuse_pickle(path: Path, message: str) -> HptError:
-    names = sorted(set(re.findall(r"GLOBAL (\S+)", message)))
-    what = ", ".join(names) if names else message.strip().splitlines()[-1][:200]
-    return HptError(
-        f"{path} contains pickled Python objects ({what}) that would run code when loaded; "
-        "hpt refuses to execute it. Re-save it as a plain state dict "
-        "(torch.save(model.state_dict(), ...)) or safetensors."
-    )
+RESAVE_HINT = "re-save the weights as safetensors or a plain state_dict with torch.save(model.state_dict())"
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a torch.save file in the pre-1.6 format
+_STRING_OPS = ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING")
+
+
+def _pickle_globals(path: Path) -> list[str] | None:
+    """The globals named by a file that is exactly one complete pickle, read opcode by opcode (nothing is run).
+
+    None when the file is not one: a zip (torch.save), a pre-1.6 torch.save file, or truncated or other bytes.
+    """
+    names: list[str] = []
+    strings: list[str | None] = []  # string values pushed, for STACK_GLOBAL (module and name come from the stack)
+    memo: dict[int, str | None] = {}
+    try:
+        with path.open("rb") as f:
+            if f.read(4) == b"PK\x03\x04":
+                return None
+            f.seek(0)
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in _STRING_OPS:
+                    strings.append(str(arg))
+                elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                    strings.append(memo.get(int(arg)))
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = strings[-1] if strings else None
+                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                    memo[int(arg)] = strings[-1] if strings else None
+                elif op.name == "GLOBAL":
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":
+                    module, name = (strings[-2:] if len(strings) >= 2 else [None, None])
+                    names.append(f"{module}.{name}" if module and name else "an object of unknown type")
+                elif op.name in ("LONG1", "LONG4") and arg == _TORCH_LEGACY_MAGIC:
+                    return None
+            if f.read(1):  # bytes after the pickle: not a plain pickle file
+                return None
+    except Exception:  # noqa: BLE001 - any malformed opcode stream means "not one complete pickle"
+        return None
+    return list(dict.fromkeys(names))
+
+
+def unreadable_pickle(path: Path, error: BaseException) -> str | None:
+    """Why torch.load(weights_only=True) refused a file that is a well-formed pickle, as a clause to follow the
+    path ("is a pickle that needs code to load (...)..." or "is a plain Python pickle, ..."); None when the file
+    is not a well-formed pickle (then it is corrupt or truncated). torch's own advice is never passed on."""
+    message = str(error)
+    names = list(dict.fromkeys(re.findall(r"GLOBAL ([\w.]+)", message)))
+    if not names and ("allowlisted" in message or "must be imported" in message):  # an allowed class, used oddly
+        names = re.findall(r"got <class '([\w.]+)'>|``([\w.]+)``", message)
+        names = [a or b for a, b in names] or ["objects torch does not load by default"]
+    if not names:
+        found = _pickle_globals(path)
+        if found is None:
+            return None
+        if not found:
+            return "is a plain Python pickle (pickle.dump), not a PyTorch checkpoint"
+        names = found
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"is a pickle that needs code to load ({shown}) - hpt never executes pickled code"
+
+
+def torch_load_safely(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load with weights_only=True, without torch's warning about pickle protocols it reads anyway."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -109,15 +169,17 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     if _is_safetensors(p):
         return _read_safetensors(p)
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        msg = str(e)
-        if "GLOBAL " in msg or "allowlisted" in msg or "must be imported" in msg:
-            raise _refuse_pickle(p, msg) from None
-        reason = msg.strip().splitlines()[-1][:200] if msg.strip() else "UnpicklingError"
-        raise HptError(f"cannot read checkpoint {p}: the file is corrupt or truncated ({reason}); re-copy it") from None
+        obj = torch_load_safely(p)
     except Exception as e:  # noqa: BLE001 - arbitrary bytes can fail anywhere in the zip/pickle readers
-        reason = f"{type(e).__name__}: {e}"[:200]
+        refused = unreadable_pickle(p, e)
+        if refused is not None:
+            raise HptError(f"{p} {refused}; {RESAVE_HINT}") from None
+        if isinstance(e, pickle.UnpicklingError):
+            lines = [line for line in str(e).splitlines() if line.strip() and "torch.load" not in line]
+            reason = lines[-1].strip()[:200] if lines else "UnpicklingError"
+        else:  # its first sentence: torch's further advice does not apply to a damaged file
+            text = f"{type(e).__name__}: {e}" if str(e).strip() else type(e).__name__
+            reason = " ".join(text.split()).split(". ")[0][:200]
         raise HptError(
             f"cannot read checkpoint {p}: the file is corrupt, truncated or not a PyTorch file ({reason}); re-copy it"
         ) from None

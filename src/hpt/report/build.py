@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from hpt.atomic import atomic_text_file, atomic_write_text
 from hpt.errors import HptError
 from hpt.report import figures
 from hpt.report.parity import parity_sentences
@@ -80,7 +81,7 @@ def build_report(out: str | Path, title: str | None = None) -> Path:
         for figure in _figures(kind, merged, out):
             lines += [f"![{figure.stem}]({figure.relative_to(out).as_posix()})", ""]
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path
 
 
@@ -117,8 +118,7 @@ def _figures(kind: str, rows: list[dict[str, Any]], out: Path) -> list[Path]:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
+    with atomic_text_file(path) as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows({**row, "collapse_step": (row.get("collapse") or {}).get("step"),
