@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from .helpers import run_cli, write_hierarchy
 
 KILL_AFTER_STEP_5 = ["--signal", "KILL", "--after-step", "5"]  # tests/faults/fault_runner.py: SIGKILL after step 5
@@ -50,3 +52,24 @@ def test_webdataset_shards_kill_and_resume_gives_the_same_weights(tmp_path: Path
     a = json.loads((tmp_path / "straight" / "t" / "summary.json").read_text())
     b = json.loads((tmp_path / "killed" / "t" / "summary.json").read_text())
     assert b["resumed_from"] == 4 and a["backbone_sha256"] == b["backbone_sha256"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("after_step", "moment"), [(3, "optimizer"), (3, "forward"), (4, "between")])
+def test_kill_at_any_point_of_a_step_resumes_bit_for_bit(tiny_npz: Path, tmp_path: Path, after_step: int,
+                                                         moment: str) -> None:
+    from hpt.resume import load_state
+
+    config = write_hierarchy(tmp_path / "h.yaml", [{"name": "t", "data": f"npz:{tiny_npz}", "steps": 6}])
+    straight = run_cli("run", str(config), "--out", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr
+    killed = run_cli("run", str(config), "--out", str(tmp_path / "killed"),
+                     fault=["--signal", "KILL", "--after-step", str(after_step), "--moment", moment])
+    assert killed.returncode == -9
+    state = load_state(tmp_path / "killed" / "t" / "state")
+    assert state is not None and int(state["step"]) < 6
+    resumed = run_cli("run", str(config), "--out", str(tmp_path / "killed"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "straight" / "t" / "summary.json").read_text())
+    b = json.loads((tmp_path / "killed" / "t" / "summary.json").read_text())
+    assert b["resumed_from"] == int(state["step"]) and a["backbone_sha256"] == b["backbone_sha256"]
