@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,8 @@ from hpt.experiments.config import load_experiment
 from hpt.hierarchy import load_hierarchy
 
 ROOT = Path(__file__).resolve().parents[1]
-LOGS = ROOT / "configs/logs"  # records of runs (a stage's resolved config.yaml), not files to run
-SHIPPED = sorted(p for p in ROOT.glob("configs/**/*.yaml") if LOGS not in p.parents) + [
-    ROOT / "src/hpt/assets/demo.yaml"]
+EXAMPLES = ROOT / "configs/examples"
+SHIPPED = sorted(ROOT.glob("configs/**/*.yaml")) + [ROOT / "src/hpt/assets/demo.yaml"]
 HIERARCHIES = [p for p in SHIPPED if "stages" in yaml.safe_load(p.read_text())]  # `hpt run` files
 EXPERIMENTS = [p for p in SHIPPED if p not in HIERARCHIES]  # `hpt experiment` files
 
@@ -31,8 +31,8 @@ def test_committed_experiment_configs_validate(path: Path) -> None:
 
 
 def test_base_long_continues_the_base_with_its_recipe() -> None:
-    (base,) = load_hierarchy(ROOT / "configs/base_cifar10.yaml").stages
-    longer = load_hierarchy(ROOT / "configs/base_cifar10_long.yaml")
+    (base,) = load_hierarchy(EXAMPLES / "base_cifar10.yaml").stages
+    longer = load_hierarchy(EXAMPLES / "base_cifar10_long.yaml")
     more, *further = longer.stages
     assert base.name == "base" and more.lr_warmup_steps > 0 and not more.continue_method
     assert further and all(s.continue_method for s in further)  # each continues the head, key encoder and queue
@@ -41,4 +41,8 @@ def test_base_long_continues_the_base_with_its_recipe() -> None:
     recipe = {k: v for k, v in base.semantic().items() if k not in skip}
     for continued in (more, *further):
         assert recipe == {k: v for k, v in continued.semantic().items() if k not in skip}
-    assert Path(longer.base.checkpoint).is_file()  # the output of `base`, kept in git
+    # it starts from the output of `base`: where the command that the base config documents writes it
+    command = "hpt run configs/examples/base_cifar10.yaml --out runs/base_cifar10"
+    assert command in (EXAMPLES / "base_cifar10.yaml").read_text()
+    start = yaml.safe_load((EXAMPLES / "base_cifar10_long.yaml").read_text())["base"]["checkpoint"]
+    assert Path(os.path.normpath(EXAMPLES / start)) == ROOT / "runs/base_cifar10" / base.name / "backbone.safetensors"

@@ -1,6 +1,6 @@
 """`hpt demo`: the whole story offline in minutes on a CPU, from files that ship with the package.
 
-A base pretrained by hpt itself on natural images (configs/base_cifar10.yaml) and a small real target set
+A base pretrained by hpt itself on natural images (configs/examples/base_cifar10.yaml) and a small real target set
 (a FashionMNIST subset) live in hpt/assets/. The demo runs the compare experiment (Random, Base, Target,
 HPT, HPT-BN) and the convergence experiment (probe score against pretraining steps, from snapshots), then
 writes the report and its figures.

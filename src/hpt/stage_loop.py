@@ -110,7 +110,7 @@ def train_ssl(
     per_rank = per_rank_batch(config, info)
     start_step = int(state["step"]) if state else 0
     dataset, side, mean, std, loader = prepare_data(config, info, per_rank, start_step)
-    set_trainable(backbone, config.train)  # before any DDP wrapping (the public code's flaw 2)
+    set_trainable(backbone, config.train)  # before any DDP wrapping: DDP fixes the parameters it reduces when built
     torch.manual_seed(config.seed)  # the new head and queue
     model, queue_size, queue_reason = build_method(
         config.method, backbone, moco=config.moco, simclr=config.simclr, byol=config.byol, steps=config.steps,

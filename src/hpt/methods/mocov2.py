@@ -47,7 +47,8 @@ def auto_queue_size(steps: int, global_batch: int, num_images: int, min_refreshe
     """A queue the stage refreshes at least `min_refreshes` times, holding at most half of the data set's images
     (so that few queries meet an older key of their own image among the negatives).
 
-    The public code kept 65,536 keys even for 50-step runs, so the queue stayed mostly random noise (flaw 8).
+    A fixed queue of 65,536 keys is never refilled in a short stage (a 50-step run of 256 images produces 12,800
+    keys), so most of its negatives would stay the random vectors it starts with.
     Returns the size (a multiple of the global batch) and a sentence saying why.
     """
     seen = steps * global_batch

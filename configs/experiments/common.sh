@@ -1,9 +1,0 @@
-# Sourced by the run_*.sh scripts: strict mode, the repository root, the virtual environment, and `run`, which
-# echoes a command and reports its wall time and peak memory; BASE, the base of the recorded results.
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-. .venv/bin/activate
-E=configs/experiments
-run() { echo "== $*"; /usr/bin/time -f "wall %e s, max RSS %M KB" "$@"; }
-# The 12,000-step CIFAR-10 base (62.5% linear; shipped until session 10) that the recorded results were measured with.
-BASE=configs/logs/base_cifar10_backbone.safetensors
