@@ -7,7 +7,7 @@ Runs the same stage (the demo's base and settings) as `plain`, `anchor` (anchor 
 data's val split every --guard-every steps) and `anchor+guard`, each in its own process (so that its peak
 resident memory is its own), the variants interleaved over --repeats rounds so that a slow spell of a shared
 machine hits them alike. Prints, per variant, the median seconds per step (the stage's whole training loop,
-guard readings included), its ratio to `plain`, and the peak RSS. Results are for docs/BENCHMARKS.md; nothing
+guard readings included), its ratio to `plain`, and the peak RSS. Results are for docs/benchmarks.md; nothing
 here is a test.
 """
 
@@ -50,7 +50,7 @@ def parse_args() -> argparse.Namespace:
 
 def run_one(args: argparse.Namespace) -> None:
     """One stage of the variant `args.one` in this process; prints its seconds per step and peak RSS as JSON."""
-    from hpt.hierarchy import pretrain
+    from hpt.pretrain.hierarchy import pretrain
 
     extra = {k: ({"every": args.guard_every} if v == "GUARD" else v) for k, v in VARIANTS[args.one].items()}
     result = pretrain(args.base, args.data, args.steps, out=args.out, name="bench", batch_size=args.batch,

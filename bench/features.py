@@ -9,7 +9,7 @@ of the backbone. This times, on the same random images (after one warm-up pass),
  1. the plain model in eval mode (what extraction ran before the folded copy),
  2. the folded copy (what it runs now),
 and the largest absolute difference between their features. The median of the repeats is reported.
-Results are for docs/BENCHMARKS.md; nothing here is a test.
+Results are for docs/benchmarks.md; nothing here is a test.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Measures, on the same model, resolution, batch and precision:
     queue, loss, optimizer), read from the stage's own per-step metrics after the warm-up steps;
  3. data path: read + decode + two augmented views, in images/s;
 and prints images/s for each, the ratio 2/1, the ratio 3/2 and the peak resident memory. Results are for
-docs/BENCHMARKS.md; nothing here is a test.
+docs/benchmarks.md; nothing here is a test.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from hpt.config import from_dict
 from hpt.data import channel_stats, make_loader, open_any
 from hpt.methods.mocov2 import MocoV2, MocoV2Config
 from hpt.models import build_resnet
-from hpt.stage import StageConfig, run_stage
+from hpt.pretrain.config import StageConfig
+from hpt.pretrain.stage import run_stage
 
 
 def parse_args() -> argparse.Namespace:

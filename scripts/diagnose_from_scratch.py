@@ -50,7 +50,8 @@ from hpt.eval.knn import knn_scores
 from hpt.methods.collapse import alignment, embedding_spread, uniformity
 from hpt.methods.mocov2 import MocoV2, MocoV2Config, auto_queue_size
 from hpt.models import ResNet, build_backbone, save_backbone
-from hpt.stage_loop import scheduled_lr, step_seed
+from hpt.pretrain.batches import step_seed
+from hpt.pretrain.schedule import scheduled_lr
 
 COLUMNS = ["step", "loss", "uniform_logits_loss", "pos_acc", "spread_q", "spread_k", "alignment", "uniformity",
            "pos_cos", "neg_cos", "feature_spread", "grad_norm", "lr", "knn", "probe_feature_spread", "seconds"]
@@ -211,7 +212,7 @@ def train(args: argparse.Namespace) -> None:
                 q, k = out.embeddings, model.last_keys
                 assert k is not None and model.negatives_before is not None and model.last_features is not None
                 row = {"step": done, "loss": out.loss.item(), "uniform_logits_loss": uniform_loss,
-                       "pos_acc": out.accuracy.item(), "spread_q": embedding_spread(q).item(),
+                       "pos_acc": out.logged["moco_acc"].item(), "spread_q": embedding_spread(q).item(),
                        "spread_k": embedding_spread(k).item(), "alignment": alignment(q, k).item(),
                        "uniformity": uniformity(q).item(), "pos_cos": (q * k).sum(1).mean().item(),
                        "neg_cos": (q @ model.negatives_before).mean().item(),

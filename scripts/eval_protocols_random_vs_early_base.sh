@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Linear and few-label fine-tuning protocols, random weights against the CIFAR-10 base at step 1,900, on
-# PneumoniaMNIST and mnist4 (docs/RESULTS.md, "Evaluation protocols on real data"). Run from anywhere; BASE is the
+# PneumoniaMNIST and mnist4 (docs/results.md, "Evaluation protocols on real data"). Run from anywhere; BASE is the
 # early base's file (default: runs/eval4/base_cifar10_step1900.pt, the resume state of
 # `hpt run configs/examples/base_cifar10.yaml --out runs/base_cifar10` at step 1,900).
 # Outputs: runs/eval4/<data>-<backbone>-<protocol>/.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Which targets separate a trained encoder from random weights? The linear protocol, random weights against the
-# CIFAR-10 base at step 1,900, on CIFAR-10, FashionMNIST and MNIST at 32 px (docs/RESULTS.md, "Evaluation protocols
+# CIFAR-10 base at step 1,900, on CIFAR-10, FashionMNIST and MNIST at 32 px (docs/results.md, "Evaluation protocols
 # on real data"). BASE as in scripts/eval_protocols_random_vs_early_base.sh.
 # Outputs: runs/eval4/targets/<data>-<backbone>/.
 set -euo pipefail

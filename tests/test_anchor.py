@@ -16,7 +16,7 @@ from hpt.methods import MocoV2, MocoV2Config
 from hpt.models import build_resnet
 from hpt.models.resnet import set_bn_splits
 from hpt.pretrain.anchor import AnchorConfig, BaseAnchor, FrozenBase, anchor_loss
-from hpt.stage import run_stage
+from hpt.pretrain.stage import run_stage
 
 from .test_stage import stage, tiny_backbone
 

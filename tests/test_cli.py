@@ -175,7 +175,7 @@ def test_mixed_image_sizes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
 
 
 def test_error_raised_in_a_loader_worker_is_cut_to_its_message() -> None:
-    from hpt.cli import _one_line
+    from hpt.cli.app import _one_line
     from hpt.errors import HptError
 
     wrapped = HptError("Caught HptError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"

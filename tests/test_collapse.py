@@ -11,7 +11,8 @@ import torch
 from hpt.config import from_dict
 from hpt.methods.collapse import CollapseWatch, embedding_spread
 from hpt.models import build_resnet
-from hpt.stage import StageConfig, run_stage
+from hpt.pretrain.config import StageConfig
+from hpt.pretrain.stage import run_stage
 
 from .helpers import TINY_STAGE
 

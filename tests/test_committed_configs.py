@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from hpt.experiments.config import load_experiment
-from hpt.hierarchy import load_hierarchy
+from hpt.pretrain.hierarchy import load_hierarchy
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "configs/examples"

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 from hpt.config import from_dict
-from hpt.convergence import StopConfig, should_stop
 from hpt.errors import HptError
 from hpt.models import build_resnet
-from hpt.stage import StageConfig, run_stage
+from hpt.pretrain.config import StageConfig
+from hpt.pretrain.early_stop import StopConfig, should_stop
+from hpt.pretrain.stage import run_stage
 
 from .helpers import TINY_STAGE
 
@@ -78,7 +79,7 @@ def test_pretrain_stop_when_converged_says_how_many_steps_it_saved(capsys: pytes
 def test_the_default_margin_is_one_standard_error_of_the_probe() -> None:
     import torch
 
-    from hpt.convergence import OnlineProbe
+    from hpt.pretrain.early_stop import OnlineProbe
 
     probe = OnlineProbe(StopConfig(), "npz:unused.npz", torch.device("cpu"))
     probe.history = [(100, 0.75)]

@@ -1,4 +1,4 @@
-"""`hpt demo` machinery on a tiny stand-in for the shipped assets (the real run is measured in docs/RESULTS.md)."""
+"""`hpt demo` machinery on a tiny stand-in for the shipped assets (the real run is measured in docs/results.md)."""
 
 from __future__ import annotations
 

@@ -214,7 +214,7 @@ def test_auroc_bootstrap_with_rare_class_absent_from_some_resamples() -> None:
 
 
 def test_auroc_bootstrap_on_10k_images_20_classes_brackets_the_estimate() -> None:
-    # Its speed is measured by bench/bootstrap.py (docs/BENCHMARKS.md), not here.
+    # Its speed is measured by bench/bootstrap.py (docs/benchmarks.md), not here.
     scores, labels = multilabel(10_000, 20, prevalence=0.2, decimals=3)
     interval = bootstrap_interval(scores, labels, resamples=200)
     assert interval.low < evaluate(scores, labels).value < interval.high

@@ -297,7 +297,7 @@ def _multilabel_npz(path: Path, constant_test_class: int | None = None) -> Path:
 
 
 def test_hierarchy_eval_section_scores_start_and_every_stage_and_reuses_them(tiny_npz: Path, tmp_path: Path) -> None:
-    from hpt.hierarchy import load_hierarchy, run_hierarchy
+    from hpt.pretrain.hierarchy import load_hierarchy, run_hierarchy
 
     from .helpers import write_hierarchy
 
@@ -323,7 +323,7 @@ def test_hierarchy_eval_section_scores_start_and_every_stage_and_reuses_them(tin
 
 
 def test_eval_section_with_an_unknown_protocol_or_key_is_refused(tiny_npz: Path, tmp_path: Path) -> None:
-    from hpt.hierarchy import parse_hierarchy
+    from hpt.pretrain.hierarchy import parse_hierarchy
 
     raw = {"stages": [{"name": "t", "data": f"npz:{tiny_npz}", "steps": 1}]}
     with pytest.raises(HptError, match="knnn"):

@@ -15,7 +15,7 @@ from hpt.models import build_backbone, weights_sha256
 from hpt.pretrain import guard as guard_module
 from hpt.pretrain.guard import Guard, GuardConfig
 from hpt.pretrain.signals import Reading, effective_rank
-from hpt.stage import run_stage
+from hpt.pretrain.stage import run_stage
 
 from .test_stage import stage, tiny_backbone
 

@@ -26,7 +26,7 @@ def test_forward_gives_a_finite_loss_and_fills_the_queue() -> None:
     x = torch.randn(8, 3, 16, 16)
     before = model.queue.clone()
     out = model(x, x + 0.01 * torch.randn_like(x))
-    assert torch.isfinite(out.loss) and 0 <= float(out.accuracy) <= 1
+    assert torch.isfinite(out.loss) and 0 <= float(out.logged["moco_acc"]) <= 1
     assert int(model.queue_ptr) == 8
     assert not torch.allclose(model.queue[:, :8], before[:, :8]) and torch.equal(model.queue[:, 8:], before[:, 8:])
     assert torch.allclose(model.queue[:, :8].norm(dim=0), torch.ones(8), atol=1e-5)

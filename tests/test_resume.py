@@ -58,7 +58,7 @@ def test_webdataset_shards_kill_and_resume_gives_the_same_weights(tmp_path: Path
 @pytest.mark.parametrize(("after_step", "moment"), [(3, "optimizer"), (3, "forward"), (4, "between")])
 def test_kill_at_any_point_of_a_step_resumes_bit_for_bit(tiny_npz: Path, tmp_path: Path, after_step: int,
                                                          moment: str) -> None:
-    from hpt.resume import load_state
+    from hpt.pretrain.state import load_state
 
     config = write_hierarchy(tmp_path / "h.yaml", [{"name": "t", "data": f"npz:{tiny_npz}", "steps": 6}])
     straight = run_cli("run", str(config), "--out", str(tmp_path / "straight"))

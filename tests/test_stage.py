@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from hpt.errors import HptError
-from hpt.hierarchy import parse_hierarchy, run_hierarchy
 from hpt.models import build_resnet, weights_sha256
-from hpt.stage import StageConfig, run_stage
+from hpt.pretrain.config import StageConfig
+from hpt.pretrain.hierarchy import parse_hierarchy, run_hierarchy
+from hpt.pretrain.stage import run_stage
 
 from .helpers import TINY_STAGE
 
@@ -91,7 +92,7 @@ def test_finished_stage_is_skipped_and_changed_settings_are_refused(tiny_npz: Pa
 
 
 def test_unfinished_run_needs_resume(tiny_npz: Path, tmp_path: Path) -> None:
-    from hpt.resume import save_state
+    from hpt.pretrain.state import save_state
 
     (tmp_path / "s").mkdir()
     save_state(tmp_path / "s" / "state", {"step": 2, "semantic": {}})
@@ -178,7 +179,7 @@ def refusal_of_a_run_made_before(setting: str, config: StageConfig, tmp_path: Pa
     lacks it), would not be reused by `config`, or None when it would."""
     from dataclasses import fields
 
-    from hpt.stage import _check_same, recorded_settings
+    from hpt.pretrain.stage import _check_same, recorded_settings
 
     defaults = {f.name: getattr(config, f.name) for f in fields(StageConfig) if f.name in ("name", "data", "steps")}
     record = recorded_settings(StageConfig(**defaults, **{k: v for k, v in vars(config).items()
@@ -225,7 +226,7 @@ def test_a_batchnorm_projection_head_trains_and_is_told_apart_from_runs_without_
 def test_scheduled_lr_warms_up_linearly_then_decays_by_cosine() -> None:
     import math
 
-    from hpt.stage_loop import scheduled_lr
+    from hpt.pretrain.schedule import scheduled_lr
 
     assert [scheduled_lr(0.1, s, 10, 4) for s in range(4)] == pytest.approx([0.025, 0.05, 0.075, 0.1])
     assert scheduled_lr(0.1, 4, 10, 4) == pytest.approx(0.1)  # the cosine starts at the peak
@@ -261,7 +262,7 @@ def _continued_run(data: Path, out: Path, **second: object):  # noqa: ANN202
 
 def test_continue_method_starts_from_the_previous_stages_head_and_keeps_the_backbone(tiny_npz: Path,
                                                                                      tmp_path: Path) -> None:
-    from hpt.resume import load_state
+    from hpt.pretrain.state import load_state
 
     result = _continued_run(tiny_npz, tmp_path, lr=0.0)  # lr 0: the head stays what it was handed
     first = load_state(tmp_path / "first" / "state")["model"]

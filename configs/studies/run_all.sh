@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything behind docs/RESULTS.md, most important first, so that a stopped run leaves the main results done:
+# Everything behind docs/results.md, most important first, so that a stopped run leaves the main results done:
 # the FashionMNIST comparison and convergence, the source ranking and sequential chains, the CKA / depth / stop
 # analyses, then the MNIST, bases, data size and augmentation studies, then those studies and the sequential
 # chains again at the paper's HPT settings (lr 0.03, temperature 0.2).

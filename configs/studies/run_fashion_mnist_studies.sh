@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The compare and convergence studies on FashionMNIST and MNIST, then the bases, data size and augmentation
-# studies on FashionMNIST (docs/RESULTS.md), on ../shared/data and 2 CPU cores: run from the repository root after
+# studies on FashionMNIST (docs/results.md), on ../shared/data and 2 CPU cores: run from the repository root after
 #   hpt run configs/examples/base_cifar10.yaml --out runs/base_cifar10 --resume             (the base of every study)
 #   hpt run configs/examples/base_cifar10_long.yaml --out runs/base_cifar10_long --resume   (the bases study uses its backbones)
 # Every command can be killed and re-run: finished stages and evaluations are reused.

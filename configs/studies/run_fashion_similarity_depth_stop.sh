@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CKA similarity, depth probe and convergence stop with the 12,000-step CIFAR-10 base, on FashionMNIST (docs/RESULTS.md).
+# CKA similarity, depth probe and convergence stop with the 12,000-step CIFAR-10 base, on FashionMNIST (docs/results.md).
 # Needs the compare runs of run_fashion_mnist_studies.sh (the Base, HPT, HPT-BN and Target backbones); run from the
 # repository root.
 . "$(dirname "$0")/common.sh"

@@ -209,3 +209,36 @@ def deep_merge(defaults: Mapping[str, Any], values: Mapping[str, Any]) -> dict[s
         else:
             out[key] = value
     return out
+
+
+def field_at(cls: type, key: str) -> tuple[Any, Any]:
+    """The type hint and the default of the dataclass field at dotted `key` (e.g. 'moco.queue_size'), looking into
+    nested dataclasses and optional ones ('stop.every' of `stop: StopConfig | None`); the default is
+    dataclasses.MISSING for a required field. KeyError for a key that is no field."""
+    head, _, rest = key.partition(".")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    if head not in fields:
+        raise KeyError(f"{cls.__name__} has no field {head!r}")
+    hint = typing.get_type_hints(cls)[head]
+    if rest:
+        section = [a for a in (typing.get_args(hint) or (hint,)) if dataclasses.is_dataclass(a)]
+        if not section:
+            raise KeyError(f"{cls.__name__}.{head} is no section")
+        return field_at(section[0], rest)
+    field = fields[head]
+    if field.default_factory is not dataclasses.MISSING:
+        return hint, field.default_factory()
+    return hint, field.default
+
+
+def nested(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings given by dotted keys as nested mappings: {'moco.dim': 16, 'lr': 0.1} -> {'moco': {'dim': 16},
+    'lr': 0.1}."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        *sections, last = key.split(".")
+        node = out
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[last] = value
+    return out

@@ -11,7 +11,7 @@
 --probe-scores-by-rank makes the convergence probe score differently on each rank (under torchrun): rank 0's
 scores stay flat (it would stop at the first chance), the other ranks' rise every time (they never would).
 
-The loop is reached through what it calls once per step: hpt.stage_loop.step_seed (the seed of step `step`,
+The loop is reached through what it calls once per step: hpt.pretrain.loop.step_seed (the seed of step `step`,
 0-based, at the start of that step), torch's global optimizer-step and module-forward hooks.
 """
 
@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-import hpt.stage_loop
+import hpt.pretrain.loop
 from hpt.cli import main
-from hpt.convergence import OnlineProbe
+from hpt.pretrain.early_stop import OnlineProbe
 
 BATCHNORM_CALLS = 2  # the signal comes as the second BatchNorm of the forward starts: the first has updated its
 # running statistics, the rest of the forward (the key encoder, the queue) has not run
@@ -36,7 +36,7 @@ BATCHNORM_CALLS = 2  # the signal comes as the second BatchNorm of the forward s
 
 def inject_signal(signum: int, after_step: int, moment: str) -> None:
     """Send `signum` to this process at `moment` of step `after_step` (see the module's docstring)."""
-    original_step_seed = hpt.stage_loop.step_seed
+    original_step_seed = hpt.pretrain.loop.step_seed
     fired = {"done": False}
     armed = {"optimizer": False, "forward": False, "calls": 0}
 
@@ -63,7 +63,7 @@ def inject_signal(signum: int, after_step: int, moment: str) -> None:
             armed["forward"] = moment == "forward" and step == after_step
         return original_step_seed(seed, step, rank)
 
-    hpt.stage_loop.step_seed = step_seed
+    hpt.pretrain.loop.step_seed = step_seed
     register_optimizer_step_post_hook(after_optimizer_step)
     torch.nn.modules.module.register_module_forward_pre_hook(in_forward)
 

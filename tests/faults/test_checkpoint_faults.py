@@ -13,7 +13,7 @@ import torch
 
 from hpt.errors import HptError
 from hpt.models import build_resnet, inspect_checkpoint, load_backbone
-from hpt.resume import load_state
+from hpt.pretrain.state import load_state
 
 from ..helpers import TINY_STAGE, run_cli, write_hierarchy
 from ..test_cli import assert_one_line_error, call

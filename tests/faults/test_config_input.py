@@ -10,8 +10,8 @@ import yaml
 from hpt.config import from_dict, load_yaml
 from hpt.errors import HptError
 from hpt.experiments.config import load_experiment
-from hpt.hierarchy import load_hierarchy
-from hpt.stage import StageConfig
+from hpt.pretrain.config import StageConfig
+from hpt.pretrain.hierarchy import load_hierarchy
 
 from ..helpers import TINY_BASE, TINY_STAGE, run_cli, write_hierarchy
 

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-import hpt.stage_loop
+import hpt.pretrain.loop
 from hpt.config import deep_merge, from_dict
 from hpt.data import npz_to_npy_dir, open_dataset, parse_data_spec
 from hpt.errors import HptError
 from hpt.eval.splits import load_splits
 from hpt.models import build_resnet
-from hpt.stage import DATA_CONTENT, StageConfig, run_stage
+from hpt.pretrain.config import StageConfig
+from hpt.pretrain.stage import DATA_CONTENT, run_stage
 
 from ..conftest import write_npz
 from ..helpers import TINY_STAGE, run_cli
@@ -136,7 +137,7 @@ def test_an_experiment_reuses_a_stage_of_moved_data_only_when_its_content_is_the
 
     from hpt.experiments.moved import existing_stage_ids
     from hpt.experiments.plan import Variant
-    from hpt.hierarchy import BaseConfig
+    from hpt.pretrain.hierarchy import BaseConfig
 
     old = write_npz(target_in(tmp_path / "old"))
     stages = tmp_path / "stages"
@@ -183,7 +184,7 @@ def pretrained_rows(monkeypatch: pytest.MonkeyPatch) -> dict[str, set[int]]:
     ("drawn", before augmentation)."""
     rows: dict[str, set[int]] = {"data": set(), "drawn": set()}
     seen = rows["drawn"]
-    prepare = hpt.stage_loop.prepare_data
+    prepare = hpt.pretrain.loop.prepare_data
 
     def recording(*args: Any, **kwargs: Any):
         dataset, side, mean, std, loader = prepare(*args, **kwargs)
@@ -197,7 +198,7 @@ def pretrained_rows(monkeypatch: pytest.MonkeyPatch) -> dict[str, set[int]]:
 
         return dataset, side, mean, std, Recorded()
 
-    monkeypatch.setattr(hpt.stage_loop, "prepare_data", recording)
+    monkeypatch.setattr(hpt.pretrain.loop, "prepare_data", recording)
     return rows
 
 

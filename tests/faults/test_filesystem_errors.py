@@ -16,7 +16,7 @@ import torch
 from hpt.atomic import FileWriteError, atomic_write
 from hpt.cli import main
 from hpt.metrics_log import MetricsLog, append_result
-from hpt.resume import load_state
+from hpt.pretrain.state import load_state
 
 from ..conftest import write_npz
 from ..helpers import write_hierarchy

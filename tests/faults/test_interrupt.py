@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hpt.resume import load_state
+from hpt.pretrain.state import load_state
 
 from ..helpers import run_cli, write_hierarchy
 

@@ -17,10 +17,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
-from hpt import hierarchy, run_lock
+from hpt import run_lock
 from hpt.cli import main
 from hpt.errors import HptError
 from hpt.models import build_resnet, save_backbone
+from hpt.pretrain import hierarchy
 
 from ..conftest import write_npz
 from ..helpers import TINY_STAGE, run_cli, write_hierarchy

@@ -15,14 +15,8 @@ import pytest
 
 from hpt.config import deep_merge, from_dict
 from hpt.errors import HptError
-from hpt.stage import (
-    DATA_CONTENT,
-    LATER_DEFAULTS,
-    RUNTIME_KEYS,
-    StageConfig,
-    _check_same,
-    recorded_settings,
-)
+from hpt.pretrain.config import LATER_DEFAULTS, RUNTIME_KEYS, StageConfig
+from hpt.pretrain.stage import DATA_CONTENT, _check_same, recorded_settings
 
 from ..helpers import TINY_STAGE, run_cli
 
@@ -214,7 +208,7 @@ def test_a_run_made_before_later_settings_existed_is_reused_only_at_their_defaul
 
 def test_stage_ids_of_runs_made_before_the_later_settings_stay_the_same() -> None:
     from hpt.experiments.plan import Variant
-    from hpt.hierarchy import BaseConfig
+    from hpt.pretrain.hierarchy import BaseConfig
 
     stage = from_dict(StageConfig, {"name": "target", "data": "npz:/data/target.npz", "steps": 100, "lr": 0.01})
     variant = Variant("compare", "HPT", BaseConfig("random", "resnet18", True, 8, 0), [stage])

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import hpt.stage_loop
+import hpt.pretrain.loop
 from hpt.errors import HptError
 from hpt.models import build_resnet
+from hpt.pretrain.config import StageConfig
 from hpt.pretrain.health import first_nonfinite
-from hpt.resume import load_state
-from hpt.stage import StageConfig, run_stage
+from hpt.pretrain.stage import run_stage
+from hpt.pretrain.state import load_state
 
 from ..helpers import TINY_STAGE, run_cli, write_hierarchy
 
@@ -63,7 +64,7 @@ def test_an_inf_batchnorm_statistic_stops_the_stage_and_resume_ends_like_an_unbr
     straight = run_stage(stage(tiny_npz), tiny_backbone(), tmp_path / "straight")
 
     seen = {"step": -1}
-    original_step_seed = hpt.stage_loop.step_seed
+    original_step_seed = hpt.pretrain.loop.step_seed
 
     def step_seed(seed: int, step: int, rank: int) -> int:
         seen["step"] = step
@@ -73,7 +74,7 @@ def test_an_inf_batchnorm_statistic_stops_the_stage_and_resume_ends_like_an_unbr
         if seen["step"] == 3 and isinstance(module, torch.nn.BatchNorm2d) and module.training:
             module.running_var.fill_(float("inf"))
 
-    monkeypatch.setattr(hpt.stage_loop, "step_seed", step_seed)
+    monkeypatch.setattr(hpt.pretrain.loop, "step_seed", step_seed)
     handle = torch.nn.modules.module.register_module_forward_hook(poison)
     try:
         with pytest.raises(HptError, match=r"stage 't' diverged at step 4: the BatchNorm running_var of .* holds "

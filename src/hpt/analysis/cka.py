@@ -37,11 +37,22 @@ from torch import Tensor
 
 from hpt.atomic import atomic_text_file
 from hpt.augment import EvalTransform
-from hpt.data import DataSpec, ImageDataset, channel_stats, open_dataset, parse_data_spec
+from hpt.data import (
+    DataSpec,
+    ImageDataset,
+    channel_stats,
+    open_dataset,
+    parse_data_spec,
+)
 from hpt.errors import HptError
 from hpt.eval.common import pick_device
 from hpt.eval.curve import save_figure, write_json
-from hpt.eval.features import EvalBackbone, check_unchanged, snapshot
+from hpt.eval.features import (
+    EvalBackbone,
+    check_unchanged,
+    load_eval_backbone,
+    snapshot,
+)
 from hpt.models import ResNet
 
 log = logging.getLogger("hpt")
@@ -155,6 +166,24 @@ def check_same_architecture(backbones: Sequence[EvalBackbone], labels: Sequence[
             raise HptError(
                 f"layer similarity compares backbones of one architecture, but {labels[0]} is {_describe(first)} "
                 f"and {label} is {_describe(other)}")
+
+
+def load_compared(checkpoints: Sequence[str], names: Sequence[str] = (), *, arch: str | None = None,
+                  small_stem: bool | None = None, width: int | None = None, seed: int = 0
+                  ) -> tuple[list[EvalBackbone], list[str]]:
+    """The backbones `hpt analyze similarity` compares, with their labels (`names`, else model_labels; a 'random'
+    one gets seed, seed+1, ... in order). HptError for fewer than two, a name count that does not match, or
+    backbones of different architectures."""
+    if len(checkpoints) < 2:
+        raise HptError(f"similarity needs at least two checkpoints, got {len(checkpoints)}: {' '.join(checkpoints)}")
+    backbones = [load_eval_backbone(c, arch=arch, small_stem=small_stem, width=width, seed=seed + i)
+                 for i, c in enumerate(checkpoints)]
+    if names and len(names) != len(checkpoints):
+        raise HptError(f"--name was given {len(names)} times for {len(checkpoints)} checkpoints; give one per checkpoint")
+    labels = list(names) or [f"random(seed={seed + i})" if b.format == "random" else label
+                             for i, (b, label) in enumerate(zip(backbones, model_labels(backbones)))]
+    check_same_architecture(backbones, labels)
+    return backbones, labels
 
 
 def _describe(b: EvalBackbone) -> str:

@@ -8,13 +8,16 @@ its own channel statistics, as a stage training on it would be.
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from hpt.atomic import atomic_write_text
 from hpt.augment import EvalTransform
 from hpt.data import channel_stats, open_dataset, parse_data_spec
 from hpt.errors import HptError
@@ -138,7 +141,6 @@ def probe_sources(backbone: EvalBackbone, ranking: Ranking, steps: int, out_dir:
     """Refine a ranking: a short HPT run (`steps`) on each source from the base, then a kNN probe on the
     target's val split (test is never used for the choice); sources are re-ranked by that score."""
     import copy
-    from pathlib import Path
 
     from hpt.config import from_dict
     from hpt.eval.features import eval_transform, split_features
@@ -146,7 +148,8 @@ def probe_sources(backbone: EvalBackbone, ranking: Ranking, steps: int, out_dir:
     from hpt.eval.metrics import evaluate
     from hpt.eval.splits import load_splits
     from hpt.models import weights_sha256
-    from hpt.stage import StageConfig, run_stage
+    from hpt.pretrain.config import StageConfig
+    from hpt.pretrain.stage import run_stage
 
     splits = load_splits(ranking.target)
     device = torch.device("cpu") if not torch.cuda.is_available() else torch.device("cuda")
@@ -165,3 +168,38 @@ def probe_sources(backbone: EvalBackbone, ranking: Ranking, steps: int, out_dir:
     ranking.scores.sort(key=lambda s: -(s.probe or 0.0))
     ranking.ranked_by = f"target val kNN score after {steps} HPT steps on each source"
     return ranking
+
+
+def recommend_source(backbone: EvalBackbone, target: str, sources: list[str], out_dir: Path, *,
+                     base_data: str | None = None, images: int = 2000, image_size: int | None = None,
+                     probe_steps: int = 0, batch_size: int = 256) -> Ranking:
+    """`hpt rank-sources`: rank the sources by closeness to the target (rank_sources), refine the ranking with
+    probe_steps of HPT on each (probe_sources, global batch `batch_size`) when probe_steps > 0, and write
+    OUT/ranking.json (ranking_record)."""
+    ranking = rank_sources(backbone, target, sources, base_data=base_data, images=images, image_size=image_size)
+    if probe_steps > 0:
+        settings = {"batch_size": batch_size, **({"augment": {"image_size": image_size}} if image_size else {})}
+        ranking = probe_sources(backbone, ranking, probe_steps, out_dir, settings)
+    atomic_write_text(Path(out_dir) / "ranking.json", json.dumps(ranking_record(ranking), indent=2) + "\n")
+    return ranking
+
+
+def ranking_record(ranking: Ranking) -> dict[str, Any]:
+    """The ranking as plain data, with its recommendation (OUT/ranking.json)."""
+    return {**asdict(ranking), "recommendation": ranking.recommendation()}
+
+
+def ranking_table(ranking: Ranking) -> str:
+    """The ranking as a table (best first), the target's distance from the base's domain, notes, recommendation."""
+    lines = [f"target: {ranking.target}   (ranked by {ranking.ranked_by})",
+             f"{'rank':>4}  {'Frechet':>10}  {'MMD^2':>8}  {'probe':>7}  source"]
+    for i, s in enumerate(ranking.scores, 1):
+        probe = f"{100 * s.probe:6.2f}%" if s.probe is not None else "      -"
+        lines.append(f"{i:>4}  {s.frechet:10.3f}  {s.mmd2:8.4f}  {probe}  {s.source}")
+    if ranking.base_domain:
+        d = ranking.base_domain
+        lines.append(f"target from the base's domain ({d['data']}): Frechet {d['frechet_to_target']:.3f}, "
+                     f"{d['ratio']:.2f} of the distance to noise images")
+    lines += [f"note: {note}" for note in ranking.notes]
+    lines.append(ranking.recommendation())
+    return "\n".join(lines)

@@ -15,8 +15,8 @@ from hpt.config import apply_overrides, from_dict, load_yaml
 from hpt.data import parse_data_spec
 from hpt.errors import HptError
 from hpt.eval.suite import EvalSuiteConfig
-from hpt.hierarchy import STAGE_KEYS, BaseConfig
-from hpt.stage import RUNTIME_KEYS
+from hpt.pretrain.config import RUNTIME_KEYS
+from hpt.pretrain.hierarchy import STAGE_KEYS, BaseConfig
 
 #: Stage settings an experiment sets itself for each variant (not in defaults, not swept).
 FIXED_KEYS = frozenset({"name", "data", "steps", "train", "continue_method"})

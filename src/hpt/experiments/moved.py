@@ -21,7 +21,8 @@ import yaml
 
 from hpt.data import moved_data
 from hpt.experiments.plan import Variant
-from hpt.stage import StageConfig, same_data_content
+from hpt.pretrain.config import StageConfig
+from hpt.pretrain.stage import same_data_content
 
 log = logging.getLogger("hpt")
 

@@ -17,9 +17,9 @@ from hpt.data import parse_data_spec
 from hpt.data.heldout import without_heldout
 from hpt.errors import HptError
 from hpt.experiments.config import ExperimentConfig
-from hpt.hierarchy import BaseConfig
 from hpt.models import inspect_checkpoint
-from hpt.stage import StageConfig
+from hpt.pretrain.config import StageConfig
+from hpt.pretrain.hierarchy import BaseConfig
 
 KINDS = ("compare", "sequential", "augment", "datasize", "convergence", "bases", "sweep")
 

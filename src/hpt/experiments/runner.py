@@ -24,7 +24,7 @@ from hpt.experiments.config import ExperimentConfig
 from hpt.experiments.moved import existing_stage_ids
 from hpt.experiments.plan import Variant, expand
 from hpt.models import ResNet, build_backbone
-from hpt.stage import run_stage
+from hpt.pretrain.stage import run_stage
 
 log = logging.getLogger("hpt")
 

@@ -1,11 +1,10 @@
 """BYOL (Grill et al. 2020): an online network (backbone, projector, predictor) regresses the projection of an
 EMA target network (backbone, projector); no negatives, no queue.
 
-Same interface as :class:`hpt.methods.mocov2.MocoV2` (``backbone``, ``shuffle_keys``, ``query_parameters()``,
-``set_bn_splits()``, ``momentum_update()``, ``forward(view1, view2) -> MocoOutput``), so a stage can train with
-either. As MocoV2 does, ``forward`` performs the EMA step itself (before computing the targets), so a stage calls
-nothing else per step. Since the first EMA step moves nothing (the target starts as a copy of the online
-network), this is exactly BYOL's order "optimizer step, then EMA step" shifted into the next forward.
+As MocoV2 does, ``forward`` performs the EMA step itself (before computing the targets), at the rate
+``before_step`` set for the step, so the training loop calls nothing else per step (hpt.methods.base.Method). Since
+the first EMA step moves nothing (the target starts as a copy of the online network), this is exactly BYOL's order
+"optimizer step, then EMA step" shifted into the next forward.
 """
 
 from __future__ import annotations
@@ -13,14 +12,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hpt.errors import HptError
-from hpt.methods.mocov2 import MocoOutput
+from hpt.methods.base import StepOutput, TrainingSize
 from hpt.methods.simclr import MLPHead
 from hpt.models.resnet import ResNet
 from hpt.models.resnet import set_bn_splits as _set_bn_splits
@@ -52,6 +51,15 @@ def cosine_momentum(base: float, step: int, total: int) -> float:
     return 1.0 - (1.0 - base) * (math.cos(math.pi * min(step, total) / max(total, 1)) + 1.0) / 2.0
 
 
+def byol_loss(p1: torch.Tensor, p2: torch.Tensor, t1: torch.Tensor,
+              t2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The symmetric BYOL loss of L2-normalised predictions p1, p2 (N x D, with gradients) of each view against
+    the targets t2, t1 of the other view: the mean over both directions and the images of ``2 - 2 cos`` (half of
+    the paper's sum of the two directions, so in [0, 4]); returns (loss, the mean cosine, detached: 1 is perfect)."""
+    cosine = torch.cat([(p1 * t2).sum(dim=1), (p2 * t1).sum(dim=1)])
+    return (2.0 - 2.0 * cosine).mean(), cosine.mean().detach()
+
+
 class BYOL(nn.Module):
     """Online backbone + projector + predictor; EMA target backbone + projector (no gradient)."""
 
@@ -67,7 +75,7 @@ class BYOL(nn.Module):
         for param in self.target_parameters():
             param.requires_grad_(False)
         self.momentum = config.momentum  # the EMA rate of the next momentum_update (see set_momentum)
-        self.shuffle_keys = False  # accepted for MocoV2's interface and ignored: BYOL has no negatives to leak
+        self.description = f"BYOL: no negatives, target EMA momentum {config.momentum}"
 
     def online_parameters(self) -> list[nn.Parameter]:
         """The online parameters that have a target copy, in the same order as target_parameters()."""
@@ -76,7 +84,7 @@ class BYOL(nn.Module):
     def target_parameters(self) -> list[nn.Parameter]:
         return list(self.target_backbone.parameters()) + list(self.target_projector.parameters())
 
-    def query_parameters(self) -> list[nn.Parameter]:
+    def trainable_parameters(self) -> list[nn.Parameter]:
         """What the optimizer trains: the online backbone, projector and predictor."""
         return self.online_parameters() + list(self.predictor.parameters())
 
@@ -86,6 +94,14 @@ class BYOL(nn.Module):
         Only SplitBatchNorm2d layers split; the heads' BatchNorm1d spans the whole batch.
         """
         _set_bn_splits(self, splits)
+
+    def setup_batchnorm(self, shuffle: bool, per_process: int, world_size: int) -> int:
+        """BatchNorm over the whole batch: BYOL has no negatives to leak through it (one group per process)."""
+        self.set_bn_splits(1)
+        return 1
+
+    def recorded(self) -> dict[str, Any]:
+        return {"queue_size": None}
 
     def set_momentum(self, momentum: float) -> None:
         """The EMA rate of the next momentum_update() calls (for a stage that schedules it itself)."""
@@ -101,6 +117,10 @@ class BYOL(nn.Module):
             self.set_momentum(self.config.momentum)
         return self.momentum
 
+    def before_step(self, step: int, steps: int) -> None:
+        """The EMA rate of this step under config.momentum_schedule."""
+        self.schedule_momentum(step, steps)
+
     @torch.no_grad()
     def momentum_update(self) -> None:
         """target <- m * target + (1 - m) * online, for the backbone and the projector (not BatchNorm buffers)."""
@@ -108,13 +128,11 @@ class BYOL(nn.Module):
         for online, target in zip(self.online_parameters(), self.target_parameters(), strict=True):
             target.mul_(m).add_(online.detach(), alpha=1.0 - m)
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> MocoOutput:
-        """EMA step, then the symmetric BYOL loss; both views go through each network as one batch.
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> StepOutput:
+        """EMA step, then the symmetric BYOL loss (byol_loss); both views go through each network as one batch.
 
-        loss = mean over the two directions and the images of ``2 - 2 cos(predictor(online(v_a)), target(v_b))``
-        (half of the paper's sum of the two directions), so it lies in [0, 4]. The ``accuracy`` field holds the
-        mean cosine similarity between predictions and targets (detached; 1 is perfect), which BYOL has in place
-        of a classification accuracy.
+        The logged ``byol_cosine`` is the mean cosine similarity between predictions and targets, which BYOL has
+        in place of a classification accuracy.
         """
         both = torch.cat([view1, view2], dim=0)
         with torch.no_grad():
@@ -124,7 +142,12 @@ class BYOL(nn.Module):
         features = self.backbone.forward_features(both)
         p = self.predictor(self.projector(features)).float()
         p1, p2 = F.normalize(p, dim=1).chunk(2, dim=0)
-        cosine = torch.cat([(p1 * t2).sum(dim=1), (p2 * t1).sum(dim=1)])
-        loss = (2.0 - 2.0 * cosine).mean()
-        return MocoOutput(loss=loss, accuracy=cosine.mean().detach(), embeddings=p1.detach(),
-                          features=features, feature_inputs=both)
+        loss, cosine = byol_loss(p1, p2, t1, t2)
+        return StepOutput(loss=loss, logged={"byol_cosine": cosine}, embeddings=p1.detach(), features=features,
+                          feature_inputs=both)
+
+
+def build_byol(backbone: ResNet, config: BYOLConfig, size: TrainingSize) -> BYOL:
+    """BYOL around `backbone` (its size does not depend on the training's; its momentum schedule runs over the
+    steps the loop passes to before_step)."""
+    return BYOL(backbone, config)

@@ -1,12 +1,14 @@
 """MoCo-v2 (He et al. 2020; Chen et al. 2020) as the recipe sets it: MLP head, queue, momentum encoder, shuffle-BN.
 
-A method owns its heads, its momentum encoder and its queue; it knows nothing of stages, files or the CLI.
+A method owns its config, its heads, its momentum encoder and its queue; it knows nothing of stages, files or the
+CLI (what the training loop asks of it: hpt.methods.base.Method).
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -15,6 +17,7 @@ from torch import nn
 
 from hpt import distributed
 from hpt.errors import HptError
+from hpt.methods.base import StepOutput, TrainingSize
 from hpt.models.resnet import ResNet, SplitBatchNorm2d
 
 MAX_QUEUE = 65536
@@ -62,6 +65,27 @@ def auto_queue_size(steps: int, global_batch: int, num_images: int, min_refreshe
     return size, f"queue of {size:,} keys, bounded by {reason}"
 
 
+def shuffle_bn_groups(groups: int, per_process: int, world_size: int) -> int:
+    """BatchNorm groups per process: `groups` per global batch spread over the processes, the most that divide
+    the per-process batch evenly."""
+    wanted = max(1, groups // world_size)
+    return max(g for g in range(1, wanted + 1) if per_process % g == 0)
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor,
+             temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """MoCo's contrastive loss: each query `q` (N x D, L2-normalised) against its positive key `k` (N x D) and the
+    queue's `negatives` (D x K); returns (loss, accuracy), the accuracy the fraction of queries whose positive
+    has the highest logit (detached)."""
+    l_pos = (q * k).sum(dim=1, keepdim=True)
+    l_neg = q @ negatives
+    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
+    labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    loss = F.cross_entropy(logits, labels)
+    accuracy = (logits.argmax(dim=1) == 0).float().mean().detach()
+    return loss, accuracy
+
+
 class SplitBatchNorm1d(SplitBatchNorm2d):
     """BatchNorm of (N, C) vectors that follows the shuffle-BN groups of the backbone's SplitBatchNorm2d."""
 
@@ -78,24 +102,15 @@ class ProjectionHead(nn.Sequential):
                          nn.Linear(hidden_dim, out_dim))
 
 
-@dataclass
-class MocoOutput:
-    loss: torch.Tensor
-    accuracy: torch.Tensor  # fraction of queries whose positive key has the highest logit
-    embeddings: torch.Tensor  # detached, for the collapse watch at logged steps (methods/collapse.py)
-    # the backbone's pooled features (with gradients) of `feature_inputs`, the very batch the backbone saw (its
-    # BatchNorm statistics included): what the Base anchor compares with the frozen Base's features of that batch
-    features: torch.Tensor | None = None
-    feature_inputs: torch.Tensor | None = None
-
-
 class MocoV2(nn.Module):
     """Query encoder (backbone + head), momentum key encoder, and a queue of negative keys."""
 
-    def __init__(self, backbone: ResNet, config: MocoV2Config, queue_size: int) -> None:
+    def __init__(self, backbone: ResNet, config: MocoV2Config, queue_size: int, description: str | None = None) -> None:
         super().__init__()
         self.config = config
         self.backbone = backbone
+        self.queue_size = queue_size
+        self.description = description or f"queue of {queue_size:,} keys"
         hidden = config.hidden_dim or backbone.feature_dim
         self.head = ProjectionHead(backbone.feature_dim, hidden, config.dim, batch_norm=config.head_bn)
         self.backbone_k = copy.deepcopy(backbone)
@@ -112,11 +127,29 @@ class MocoV2(nn.Module):
     def query_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone.parameters()) + list(self.head.parameters())
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The query encoder: backbone and head (the key encoder follows it by EMA)."""
+        return self.query_parameters()
+
     def set_bn_splits(self, splits: int) -> None:
         """Compute training BatchNorm statistics over `splits` groups of each (per-process) batch."""
         for module in self.modules():
             if isinstance(module, SplitBatchNorm2d):
                 module.num_splits = splits
+
+    def setup_batchnorm(self, shuffle: bool, per_process: int, world_size: int) -> int:
+        """Shuffle-BN with config.bn_splits groups per global batch, or (shuffle False: SyncBatchNorm) neither
+        shuffled keys nor groups. Returns the groups per process."""
+        splits = shuffle_bn_groups(self.config.bn_splits, per_process, world_size) if shuffle else 1
+        self.set_bn_splits(splits)
+        self.shuffle_keys = shuffle
+        return splits
+
+    def before_step(self, step: int, steps: int) -> None:
+        """Nothing is scheduled: the momentum is constant."""
+
+    def recorded(self) -> dict[str, Any]:
+        return {"queue_size": self.queue_size}
 
     @torch.no_grad()
     def momentum_update(self) -> None:
@@ -147,20 +180,28 @@ class MocoV2(nn.Module):
         self.queue[:, ptr : ptr + keys.shape[0]] = keys.T
         self.queue_ptr[0] = (ptr + keys.shape[0]) % size
 
-    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> MocoOutput:
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> StepOutput:
+        """Queries, then the key encoder's EMA step and the keys, the loss against the queue, the keys enqueued."""
         features = self.backbone.forward_features(im_q)
         q = F.normalize(self.head(features).float(), dim=1)
         with torch.no_grad():
             self.momentum_update()
             k = self.encode_keys(im_k).float()
-        l_pos = (q * k).sum(dim=1, keepdim=True)
-        l_neg = q @ self.queue.clone().detach()
-        logits = torch.cat([l_pos, l_neg], dim=1) / self.config.temperature
-        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        loss = F.cross_entropy(logits, labels)
-        accuracy = (logits.argmax(dim=1) == 0).float().mean().detach()
+        loss, accuracy = info_nce(q, k, self.queue.clone().detach(), self.config.temperature)
         self.enqueue(k)
-        return MocoOutput(loss=loss, accuracy=accuracy, embeddings=q.detach(), features=features, feature_inputs=im_q)
+        return StepOutput(loss=loss, logged={"moco_acc": accuracy}, embeddings=q.detach(), features=features,
+                          feature_inputs=im_q)
+
+
+def build_mocov2(backbone: ResNet, config: MocoV2Config, size: TrainingSize) -> MocoV2:
+    """MoCo-v2 around `backbone`, its queue as set in the config or sized to the training (auto_queue_size)."""
+    if config.queue_size:
+        queue_size, reason = config.queue_size, "queue size set in the config"
+    else:
+        queue_size, reason = auto_queue_size(size.steps, size.global_batch, size.num_images)
+    if queue_size % size.global_batch:
+        raise HptError(f"moco.queue_size {queue_size} must be a multiple of the global batch {size.global_batch}")
+    return MocoV2(backbone, config, queue_size, reason)
 
 
 def _shuffle_across_ranks(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,9 +1,8 @@
 """SimCLR (Chen et al. 2020): an MLP projector with BatchNorm and the NT-Xent loss over the views of the batch.
 
-Same interface as :class:`hpt.methods.mocov2.MocoV2` (``backbone``, ``shuffle_keys``, ``query_parameters()``,
-``set_bn_splits()``, ``momentum_update()``, ``forward(view1, view2) -> MocoOutput``), so a stage can train with
-either. There is no momentum encoder and no queue: the negatives of an anchor are the other 2N-2 views of the
-batch -- of the global batch under DDP, whose embeddings are all-gathered with a gradient.
+There is no momentum encoder and no queue: the negatives of an anchor are the other 2N-2 views of the batch -- of
+the global batch under DDP, whose embeddings are all-gathered with a gradient. What the training loop asks of a
+method: hpt.methods.base.Method.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from torch import nn
 
 from hpt import distributed
 from hpt.errors import HptError
-from hpt.methods.mocov2 import MocoOutput
+from hpt.methods.base import StepOutput, TrainingSize
 from hpt.models.resnet import ResNet
 from hpt.models.resnet import set_bn_splits as _set_bn_splits
 
@@ -124,9 +123,9 @@ class SimCLR(nn.Module):
         self.backbone = backbone
         hidden = config.hidden_dim or backbone.feature_dim
         self.projector = MLPHead(backbone.feature_dim, hidden, config.dim)
-        self.shuffle_keys = False  # accepted for MocoV2's interface and ignored: SimCLR has no key encoder
+        self.description = "SimCLR: negatives from the global batch, no queue"
 
-    def query_parameters(self) -> list[nn.Parameter]:
+    def trainable_parameters(self) -> list[nn.Parameter]:
         """What the optimizer trains: the backbone and the projector."""
         return list(self.backbone.parameters()) + list(self.projector.parameters())
 
@@ -138,18 +137,31 @@ class SimCLR(nn.Module):
         """
         _set_bn_splits(self, splits)
 
-    def momentum_update(self) -> None:
-        """Nothing to do: SimCLR has no momentum encoder (kept for MocoV2's interface)."""
+    def setup_batchnorm(self, shuffle: bool, per_process: int, world_size: int) -> int:
+        """BatchNorm over the whole batch: SimCLR has no key encoder to shuffle for (one group per process)."""
+        self.set_bn_splits(1)
+        return 1
+
+    def before_step(self, step: int, steps: int) -> None:
+        """Nothing is scheduled."""
+
+    def recorded(self) -> dict[str, Any]:
+        return {"queue_size": None}
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalised float32 projections of a batch of images."""
         return F.normalize(self.projector(self.backbone.forward_features(x)).float(), dim=1)
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> MocoOutput:
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> StepOutput:
         """NT-Xent loss of the two views; both go through the network as one batch (BatchNorm over all 2N)."""
         both = torch.cat([view1, view2], dim=0)
         features = self.backbone.forward_features(both)
         z1, z2 = F.normalize(self.projector(features).float(), dim=1).chunk(2, dim=0)
         loss, accuracy = nt_xent(z1, z2, self.config.temperature)
-        return MocoOutput(loss=loss, accuracy=accuracy, embeddings=z1.detach(), features=features,
+        return StepOutput(loss=loss, logged={"simclr_acc": accuracy}, embeddings=z1.detach(), features=features,
                           feature_inputs=both)
+
+
+def build_simclr(backbone: ResNet, config: SimCLRConfig, size: TrainingSize) -> SimCLR:
+    """SimCLR around `backbone` (its size does not depend on the training's)."""
+    return SimCLR(backbone, config)

@@ -119,6 +119,36 @@ def inspect_checkpoint(source: str | Path) -> CheckpointInfo:
     return info
 
 
+def load_refusal(info: CheckpointInfo) -> HptError | None:
+    """The error ``--base`` would refuse this checkpoint with (it names the fix), or None when it loads."""
+    check = info.load_check
+    if check is None or check.loadable:
+        return None
+    fix = ""
+    if check.missing or check.unexpected:
+        fix = ("; its key names do not match a ResNet's (renamed keys, or a prefix hpt does not strip): rename "
+               "them to torchvision's ResNet names and re-save")
+    elif check.shape_mismatches:
+        fix = "; the file is damaged or was edited: re-export it from the model it came from"
+    return HptError(f"{info.path} is {check.describe()}{fix}")
+
+
+def inspect_lines(info: CheckpointInfo) -> list[str]:
+    """What `hpt inspect` prints: file, format, architecture, parameters, keys set aside, metadata, loadability."""
+    lines = [f"file:        {info.path}", f"format:      {info.format}"]
+    if info.spec is not None:
+        spec = info.spec
+        lines.append(f"arch:        {spec.arch} (small_stem={spec.small_stem}, width={spec.width})")
+    lines.append(f"parameters:  {info.num_params:,} in {info.backbone_keys} backbone tensors")
+    ignored = info.ignored_keys
+    shown = ", ".join(ignored[:8]) + (f", ... ({len(ignored)} in all)" if len(ignored) > 8 else "")
+    lines.append(f"set aside:   {shown or 'nothing'}")
+    lines += [f"meta {key}: {value}" for key, value in sorted(info.metadata.items())]
+    if info.load_check is not None:
+        lines.append(f"loadable:    {info.load_check.describe()}")
+    return lines
+
+
 def _claimed_spec(meta: Mapping[str, str], state: Mapping[str, Tensor]) -> BackboneSpec | None:
     """The architecture a file's metadata names (``arch``, ``small_stem``, ``width``), the rest from conv1."""
     arch = meta.get("arch")

@@ -4,7 +4,7 @@ Continued pretraining can wear down what the Base already knew (forgetting). GFM
 adds a feature-distillation term towards the frozen starting model next to the self-supervised loss. Here the
 term is the squared distance between the L2-normalised pooled features of the student (the stage's backbone) and
 of the Base (a frozen copy of the backbone the stage started from), on the same batch of augmented images the
-backbone saw in the step (MoCo-v2's query view; SimCLR's and BYOL's two views, which go through as one batch):
+backbone saw in the step (a method's query view, or its two views where they go through as one batch):
 
     loss = SSL loss + weight * mean_i || f_s(x_i)/|f_s(x_i)| - f_b(x_i)/|f_b(x_i)| ||^2     (in [0, 4])
 

@@ -7,13 +7,13 @@ import logging
 import torch
 
 from hpt.errors import HptError
-from hpt.methods import SSLMethod
+from hpt.methods import Method
 from hpt.models import ResNet
 
 log = logging.getLogger("hpt")
 
 
-def load_continued(model: SSLMethod, weights: dict[str, torch.Tensor], backbone: ResNet, name: str) -> None:
+def load_continued(model: Method, weights: dict[str, torch.Tensor], backbone: ResNet, name: str) -> None:
     """Load the previous stage's method state around this stage's starting backbone, which must match its weights.
 
     The backbone's BatchNorm statistics are kept as handed over (after DDP they are averaged over the ranks).

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from hpt import distributed
 from hpt.errors import HptError
-
-if TYPE_CHECKING:
-    from hpt.stage import StageConfig
+from hpt.pretrain.config import StageConfig
 
 FAILED_FILE = "failed.json"  # in the stage folder: the record of a stage that stopped on non-finite numbers
 

@@ -1,8 +1,8 @@
-"""One pretraining stage: its settings, its train modes (all / bn / bn-stats / none), reuse, resume and refusal.
+"""One pretraining stage: its train modes (all / bn / bn-stats / none), reuse, resume and refusal.
 
 A stage starts from a backbone (the Base or the previous stage's), trains it on one data set with a fresh head and
-queue (or the previous stage's, with continue_method; the loop is in stage_loop.py), and writes OUT/<stage>/:
-backbone.safetensors, state/ (resume), metrics.csv, config.yaml, summary.json.
+queue (or the previous stage's, with continue_method; the step loop is in loop.py, the settings in config.py), and
+writes OUT/<stage>/: backbone.safetensors, state/ (resume), metrics.csv, config.yaml, summary.json.
 summary.json is written last: its presence marks the stage finished, and a finished stage is never retrained.
 A stage stopped by a non-finite loss, weight or statistic writes failed.json instead (hpt.pretrain.health).
 """
@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import yaml
@@ -23,14 +22,11 @@ from tqdm import tqdm
 
 from hpt import distributed
 from hpt.atomic import atomic_write, atomic_write_text, remove_stale_temps
-from hpt.augment import AugmentConfig, EvalTransform
+from hpt.augment import EvalTransform
 from hpt.config import to_dict
-from hpt.convergence import StopConfig
-from hpt.data import moved_data, parse_data_spec
+from hpt.data import moved_data
 from hpt.data.content import content_fingerprint
-from hpt.data.heldout import without_heldout
 from hpt.errors import HptError
-from hpt.methods import BYOLConfig, MocoV2Config, SimCLRConfig
 from hpt.metrics_log import append_result
 from hpt.models import (
     ResNet,
@@ -39,122 +35,15 @@ from hpt.models import (
     save_backbone,
     weights_sha256,
 )
-from hpt.pretrain.anchor import AnchorConfig
+from hpt.pretrain.batches import per_rank_batch, prepare_data
 from hpt.pretrain.batchnorm import reestimate_bn_statistics
-from hpt.pretrain.guard import GuardConfig
+from hpt.pretrain.config import LATER_DEFAULTS, StageConfig
 from hpt.pretrain.health import FAILED_FILE, TrainingDiverged
-from hpt.resume import load_state
-from hpt.stage_loop import (
-    KEPT_DIR,
-    per_rank_batch,
-    prepare_data,
-    set_trainable,
-    train_ssl,
-)
+from hpt.pretrain.loop import train_ssl
+from hpt.pretrain.state import KEPT_DIR, load_state
+from hpt.pretrain.trainable import set_trainable
 
 log = logging.getLogger("hpt")
-
-TrainMode = Literal["all", "bn", "bn-stats", "none"]
-#: Config keys that change how a stage runs but not what it computes; they may differ on resume.
-RUNTIME_KEYS = frozenset({"device", "workers", "checkpoint_every", "log_every", "keep_backbones", "compile"})
-
-
-@dataclass
-class StageConfig:
-    """One stage of the hierarchy (recipe defaults)."""
-
-    name: str
-    data: Any  # a data spec string or mapping (see hpt.data.parse_data_spec)
-    steps: int  # budget in optimizer steps of one global batch
-    train: TrainMode = "all"
-    method: Literal["mocov2", "simclr", "byol"] = "mocov2"
-    batch_size: int = 256  # global batch (all processes together)
-    lr: float = 0.03  # for a global batch of lr_reference_batch; scaled linearly with the real global batch
-    lr_reference_batch: int = 256
-    sgd_momentum: float = 0.9
-    weight_decay: float = 1e-4
-    moco: MocoV2Config = field(default_factory=MocoV2Config)
-    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
-    byol: BYOLConfig = field(default_factory=BYOLConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = False
-    stop: StopConfig | None = None  # stop early when an online probe has converged (--stop-when-converged)
-    batchnorm: Literal["shuffle", "sync"] = "shuffle"  # shuffle-BN (MoCo), or SyncBatchNorm over all GPUs
-    compile: bool = False  # torch.compile the model (see docs/BENCHMARKS.md for where it pays)
-    device: str = "auto"
-    seed: int = 0
-    workers: int | None = None
-    checkpoint_every: int = 200
-    log_every: int = 10
-    keep_backbones: list[int] = field(default_factory=list)  # also save backbone-step<N>.safetensors at these steps
-    # Train only the method's new head (backbone lr 0) for the first steps, so that gradients through a random head
-    # do not wreck a pretrained backbone; then every trainable weight, with fresh SGD momentum for the backbone.
-    head_warmup_steps: int = 0
-    # Raise the learning rate linearly from 0 over the first steps, then the cosine decay over the rest (the warm-up
-    # of MoCo v3 / SimCLR): a new head meets the full lr only once it has learned something.
-    lr_warmup_steps: int = 0
-    # Start the method's head, key (or target) encoder and queue from the previous stage's final state instead of
-    # new ones: a longer run of the same method on the same kind of data, with a restarted learning-rate schedule.
-    continue_method: bool = False
-    # A distillation term to the stage's starting backbone (frozen), next to the method's loss: anchor: {weight: 1.0}.
-    anchor: AnchorConfig = field(default_factory=AnchorConfig)
-    # Read a validation signal every guard.every steps, keep the best checkpoint, roll back on a drop beyond noise.
-    guard: GuardConfig | None = None
-    # auto: stop once the guard's signal stops improving beyond noise (steps is then the cap); needs no guard:
-    # section (a default guard is used).
-    budget: Literal["fixed", "auto"] = "fixed"
-
-    def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
-            raise HptError(f"stage name {self.name!r} may only hold letters, digits, '_', '.' and '-'")
-        if self.steps <= 0:
-            raise HptError(f"stage '{self.name}': steps must be > 0, got {self.steps}")
-        if self.batch_size <= 0:
-            raise HptError(f"stage '{self.name}': batch_size must be > 0, got {self.batch_size}")
-        if self.checkpoint_every <= 0 or self.log_every <= 0:
-            raise HptError(f"stage '{self.name}': checkpoint_every and log_every must be > 0")
-        if not 0 <= self.head_warmup_steps < self.steps:
-            raise HptError(f"stage '{self.name}': head_warmup_steps must be >= 0 and below steps ({self.steps}), "
-                           f"got {self.head_warmup_steps}")
-        if not 0 <= self.lr_warmup_steps < self.steps:
-            raise HptError(f"stage '{self.name}': lr_warmup_steps must be >= 0 and below steps ({self.steps}), "
-                           f"got {self.lr_warmup_steps}")
-        if self.budget == "auto" and self.guard is None:
-            self.guard = GuardConfig()
-        if (self.anchor.active or self.guard is not None) and self.train not in ("all", "bn"):
-            raise HptError(f"stage '{self.name}': anchor and guard need a training stage (train: all or bn), "
-                           f"not train: {self.train}")
-        self.data = parse_data_spec(self.data).describe()
-        for section, reader in ((self.stop, "the convergence probe"), (self.guard, "the guard")):
-            if section is not None and self.train in ("all", "bn"):
-                # its val images (and evaluation's test) are carved from this data's train split when the data has
-                # no such split: pretraining leaves them out
-                self.data = without_heldout(self.data, section.data, f"{reader} of stage '{self.name}'")
-
-    def semantic(self) -> dict[str, Any]:
-        """The settings that determine the result (compared on resume and on re-runs). Settings added to hpt
-        later are left out while they hold their defaults, so that the ids of earlier runs stay the same; the
-        comparison (same_settings) reads a missing one as its default."""
-        settings = {k: v for k, v in to_dict(self).items() if k not in RUNTIME_KEYS}
-        _drop_defaults(settings, LATER_DEFAULTS)
-        return settings
-
-
-def _drop_defaults(settings: dict[str, Any], defaults: dict[str, Any]) -> None:
-    """Remove from `settings` (in place) every setting that holds its default, looking into nested ones."""
-    for key, default in defaults.items():
-        value = settings.get(key)
-        if value == default:
-            settings.pop(key)
-        elif isinstance(default, dict) and isinstance(value, dict):
-            _drop_defaults(value, default)
-
-
-#: Settings added after the first runs, with their defaults: absent from a saved run's settings means the default.
-LATER_DEFAULTS: dict[str, Any] = {"head_warmup_steps": 0, "lr_warmup_steps": 0, "continue_method": False,
-                                  "anchor": to_dict(AnchorConfig()), "guard": None, "budget": "fixed",
-                                  "moco": {"head_bn": False}}
 
 
 @dataclass

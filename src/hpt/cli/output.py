@@ -1,5 +1,5 @@
-"""A command's output folder: OUT/hpt.log, which never stops a run it cannot be written to, and the one line a file
-system error prints."""
+"""A command's output folder and its log: the folder held (locked) while the command writes into it, OUT/hpt.log
+(which never stops a run it cannot be written to), and the one line a file system error prints."""
 
 from __future__ import annotations
 
@@ -10,7 +10,16 @@ from pathlib import Path
 
 import click
 
-from hpt.atomic import WRITE_ERRNOS, FileWriteError, cause_of
+from hpt.atomic import (
+    WRITE_ERRNOS,
+    FileWriteError,
+    cause_of,
+    make_folder,
+    remove_stale_temps,
+)
+from hpt.run_lock import claim
+
+log = logging.getLogger("hpt")
 
 
 class RunLogHandler(logging.FileHandler):
@@ -84,3 +93,40 @@ def close_log_files() -> None:
     for handler in [h for h in logger.handlers if getattr(h, "_hpt", None) == "file"]:
         logger.removeHandler(handler)
         handler.close()
+
+
+def setup_logging(verbose: bool, out: Path | None = None) -> None:
+    """Log to the current stderr (and to OUT/hpt.log on rank 0); replaces handlers of earlier calls."""
+    logger = logging.getLogger("hpt")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    kind = "file" if out is not None else "stream"
+    for handler in [h for h in logger.handlers if getattr(h, "_hpt", None) == kind]:
+        logger.removeHandler(handler)
+        handler.close()
+    if out is None:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    elif int(os.environ.get("RANK", "0")) == 0:
+        make_folder(out)
+        handler = RunLogHandler(out / "hpt.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    else:
+        return
+    handler._hpt = kind  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+
+
+def claim_out(out: Path, *, create: bool = True, log_here: bool = True) -> None:
+    """Hold the output folder until the command ends (HptError when another command writes into it), then log to
+    OUT/hpt.log (with log_here): nothing is written into OUT before the lock is held. create=False: a missing OUT
+    is left to the command to report."""
+    if not create and not out.is_dir():
+        return
+    lock = claim(out)
+    if lock is not None:
+        click.get_current_context().call_on_close(lock.release)
+        remove_stale_temps(out)  # of writes a killed command left; no other command writes here now
+    if log_here:
+        setup_logging(False, out)
+    if lock is not None and lock.takeover_message:
+        log.warning(lock.takeover_message)

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from hpt.cli.output import claim_out
 from hpt.eval import (
     FinetuneConfig,
     KnnConfig,
@@ -20,6 +21,7 @@ from hpt.eval import (
     load_eval_backbone,
     load_splits,
 )
+from hpt.report.evals import compare_evaluations
 
 F = Callable[..., Any]
 
@@ -47,10 +49,8 @@ def _common(func: F) -> F:
 
 def _prepare(backbone: str, data: str, arch: str | None, small_stem: bool | None, width: int | None,
              seed: int, out: Path | None) -> tuple[Any, Any]:
-    from hpt.cli import _claim_out
-
     if out is not None:
-        _claim_out(out)
+        claim_out(out)
     model = load_eval_backbone(backbone, arch=arch, small_stem=small_stem, width=width, seed=seed)
     splits = load_splits(data, seed=seed)
     click.echo(f"data: {splits.spec.describe()}: {splits.describe()}", err=True)
@@ -126,6 +126,4 @@ def knn(backbone: str, data: str, arch: str | None, small_stem: bool | None, wid
 def compare(evaluations: tuple[Path, ...], names: tuple[str, ...]) -> None:
     """Compare finished evaluations (results.json files or folders) on the same test images: each minus the first,
     with the paired bootstrap interval of the difference."""
-    from hpt.report.evals import compare_evaluations
-
     click.echo(compare_evaluations(list(evaluations), list(names)))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import click
 
-from hpt.atomic import atomic_write_text
+from hpt.analysis.sources import ranking_record, ranking_table, recommend_source
+from hpt.cli.output import claim_out
+from hpt.eval import load_eval_backbone
 
 
 @click.command("rank-sources")
@@ -27,31 +28,8 @@ def rank_sources_command(base: str, target: str, sources: tuple[str, ...], base_
                          image_size: int | None, probe_steps: int, batch_size: int, out: Path,
                          as_json: bool) -> None:
     """Rank SOURCES (data specs) by closeness to the target in the base's feature space; recommend one."""
-    from hpt.analysis.sources import probe_sources, rank_sources
-    from hpt.cli import _claim_out
-    from hpt.eval import load_eval_backbone
-
-    _claim_out(out)
+    claim_out(out)
     backbone = load_eval_backbone(base)
-    ranking = rank_sources(backbone, target, list(sources), base_data=base_data, images=images,
-                           image_size=image_size)
-    if probe_steps > 0:
-        settings = {"batch_size": batch_size, **({"augment": {"image_size": image_size}} if image_size else {})}
-        ranking = probe_sources(backbone, ranking, probe_steps, out, settings)
-    record = {**asdict(ranking), "recommendation": ranking.recommendation()}
-    atomic_write_text(out / "ranking.json", json.dumps(record, indent=2) + "\n")
-    if as_json:
-        click.echo(json.dumps(record, indent=2))
-        return
-    click.echo(f"target: {target}   (ranked by {ranking.ranked_by})")
-    click.echo(f"{'rank':>4}  {'Frechet':>10}  {'MMD^2':>8}  {'probe':>7}  source")
-    for i, s in enumerate(ranking.scores, 1):
-        probe = f"{100 * s.probe:6.2f}%" if s.probe is not None else "      -"
-        click.echo(f"{i:>4}  {s.frechet:10.3f}  {s.mmd2:8.4f}  {probe}  {s.source}")
-    if ranking.base_domain:
-        d = ranking.base_domain
-        click.echo(f"target from the base's domain ({d['data']}): Frechet {d['frechet_to_target']:.3f}, "
-                   f"{d['ratio']:.2f} of the distance to noise images")
-    for note in ranking.notes:
-        click.echo(f"note: {note}")
-    click.echo(ranking.recommendation())
+    ranking = recommend_source(backbone, target, list(sources), out, base_data=base_data, images=images,
+                               image_size=image_size, probe_steps=probe_steps, batch_size=batch_size)
+    click.echo(json.dumps(ranking_record(ranking), indent=2) if as_json else ranking_table(ranking))

@@ -8,6 +8,11 @@ from typing import Any
 
 import click
 
+from hpt.analysis.cka import layer_similarity, load_compared, similarity_table
+from hpt.analysis.depth import depth_probe, depth_table
+from hpt.cli.output import claim_out
+from hpt.eval import LinearConfig, load_eval_backbone, load_splits
+
 _ARCH_OPTIONS = [
     click.option("--arch", type=click.Choice(["resnet18", "resnet34", "resnet50"]), default=None,
                  help="Architecture (default: the checkpoint's; needed with 'random')."),
@@ -25,12 +30,6 @@ def _with(options: list[Any]) -> Any:
             func = option(func)
         return func
     return wrap
-
-
-def _start(out: Path) -> None:
-    from hpt.cli import _claim_out
-
-    _claim_out(out)
 
 
 @click.group("analyze")
@@ -57,20 +56,8 @@ def similarity(checkpoints: tuple[str, ...], data: str, images: int, seed: int, 
 
     CHECKPOINTS: two or more files or named weights ('random' too); with more than two, every pair is a column.
     Feature maps are averaged over space (one value per channel) before CKA; BatchNorm is in eval mode."""
-    from hpt.analysis.cka import check_same_architecture, layer_similarity, model_labels, similarity_table
-    from hpt.errors import HptError
-    from hpt.eval import load_eval_backbone
-
-    if len(checkpoints) < 2:
-        raise HptError(f"similarity needs at least two checkpoints, got {len(checkpoints)}: {' '.join(checkpoints)}")
-    backbones = [load_eval_backbone(c, arch=arch, small_stem=small_stem, width=width, seed=seed + i)
-                 for i, c in enumerate(checkpoints)]
-    if names and len(names) != len(checkpoints):
-        raise HptError(f"--name was given {len(names)} times for {len(checkpoints)} checkpoints; give one per checkpoint")
-    labels = list(names) or [f"random(seed={seed + i})" if b.format == "random" else label
-                             for i, (b, label) in enumerate(zip(backbones, model_labels(backbones)))]
-    check_same_architecture(backbones, labels)
-    _start(out)
+    backbones, labels = load_compared(checkpoints, names, arch=arch, small_stem=small_stem, width=width, seed=seed)
+    claim_out(out)
     record = layer_similarity(backbones, data, images=images, seed=seed, image_size=image_size, device=device,
                               batch_size=batch_size, out_dir=out, labels=labels)
     click.echo(json.dumps(record, indent=2, sort_keys=True) if as_json else similarity_table(record))
@@ -97,14 +84,11 @@ def depth(checkpoint: str, data: str, steps: int, lr: float, batch_size: int, ev
 
     Prints the test score with its 95% interval per depth, the best depth, and which shallower depths are
     within noise of it (paired over the same test images; intervals overlapping, for AUROC)."""
-    from hpt.analysis.depth import depth_probe, depth_table
-    from hpt.eval import LinearConfig, load_eval_backbone, load_splits
-
     config = LinearConfig(steps=steps, lr=lr, batch_size=batch_size, eval_every=eval_every, seeds=seeds, seed=seed,
                           image_size=image_size, device=device)
     backbone = load_eval_backbone(checkpoint, arch=arch, small_stem=small_stem, width=width, seed=seed)
     splits = load_splits(data, seed=seed)
-    _start(out)
+    claim_out(out)
     click.echo(f"data: {splits.spec.describe()}: {splits.describe()}", err=True)
     record = depth_probe(backbone, splits, config, out)
     click.echo(json.dumps(record, indent=2, sort_keys=True) if as_json else depth_table(record))

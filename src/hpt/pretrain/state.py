@@ -1,4 +1,10 @@
-"""The resume state of a stage: written atomically, read back without running pickled code."""
+"""The resume state of a stage: written atomically, read back without running pickled code.
+
+state/last.pt holds the step, the method's weights (state_dict: backbone, heads, momentum encoders, queue), the
+optimizer, the loss scaler, every random number generator, the settings, what the method recorded when built
+(queue_size) and, where the stage has them, the probe's history and the guard's state. The guard keeps the state
+of its best reading in guard-kept/ beside it.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from hpt import distributed
 from hpt.atomic import atomic_write
 from hpt.errors import HptError
+from hpt.methods import Method
 from hpt.models.formats import torch_load_safely, unreadable_pickle
 
 STATE_FILE = "last.pt"
+KEPT_DIR = "guard-kept"  # the guard's kept state, beside state/
 
 
 def rng_state() -> dict[str, Any]:
@@ -60,3 +69,25 @@ def load_state(state_dir: Path, map_location: str | torch.device = "cpu") -> dic
     if not isinstance(state, dict) or state.get("hpt_state") != 1:
         raise HptError(f"{path} is not an hpt resume state; {fix}")
     return state
+
+
+class Saver:
+    """Writes the stage's resume state (or the guard's kept state) on rank 0; every rank waits for it."""
+
+    def __init__(self, stage_dir: Path, method: Method, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, semantic: dict[str, Any], info: distributed.DistInfo,
+                 last_step: int | None = None) -> None:
+        self.stage_dir, self.method, self.optimizer, self.scaler = stage_dir, method, optimizer, scaler
+        self.semantic, self.info = semantic, info
+        self.last_step = last_step  # the step of the resume state in state/ (None: none)
+
+    def save(self, step: int, extra: dict[str, Any] | None = None, folder: str = "state") -> None:
+        if self.info.is_main:
+            save_state(self.stage_dir / folder, {
+                "step": step, "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": rng_state(), "semantic": self.semantic,
+                **self.method.recorded(), **(extra or {}),
+            })
+        if folder == "state":
+            self.last_step = step
+        distributed.barrier()

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from hpt import distributed
+from hpt.cli.output import claim_out
 from hpt.experiments import KINDS, load_experiment, run_experiment
 from hpt.report import build_report
 
@@ -31,15 +33,12 @@ def _make(kind: str) -> click.Command:
     @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (overrides 'out:').")
     @click.option("--no-report", is_flag=True, help="Do not rebuild OUT/report.md afterwards.")
     def command(config: Path, overrides: tuple[str, ...], out: Path | None, no_report: bool) -> None:
-        from hpt import distributed
-        from hpt.cli import _claim_out
-
         experiment = load_experiment(config, list(overrides))
         folder = out or Path(experiment.out or f"runs/{experiment.name}")
         distributed.init_distributed(experiment.defaults.get("device", "auto"))  # every rank learns if OUT is free
         if experiment.stages_dir and not _inside(Path(experiment.stages_dir), folder):
-            _claim_out(Path(experiment.stages_dir), log_here=False)  # stage runs shared with other experiments
-        _claim_out(folder)
+            claim_out(Path(experiment.stages_dir), log_here=False)  # stage runs shared with other experiments
+        claim_out(folder)
         result = run_experiment(kind, experiment, folder)
         click.echo(f"{kind}: {len(result.rows)} results in {result.rows_path} ({result.wall_time_s:.0f} s)")
         if not no_report:
@@ -58,9 +57,7 @@ for _kind in KINDS:
 @click.option("--title", default=None, help="Title of report.md.")
 def report_command(out: Path, title: str | None) -> None:
     """Rebuild OUT/report.md, OUT/results.csv and OUT/figures/ from finished experiments."""
-    from hpt.cli import _claim_out
-
-    _claim_out(out, create=False)
+    claim_out(out, create=False)
     click.echo(build_report(out, title))
 
 

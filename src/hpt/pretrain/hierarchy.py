@@ -14,12 +14,20 @@ import yaml
 
 from hpt import distributed
 from hpt.atomic import atomic_write_text, make_folder
-from hpt.config import apply_overrides, deep_merge, from_dict, load_yaml, to_dict, unknown_key_error
+from hpt.config import (
+    apply_overrides,
+    deep_merge,
+    from_dict,
+    load_yaml,
+    to_dict,
+    unknown_key_error,
+)
 from hpt.data import parse_data_spec
 from hpt.errors import HptError
 from hpt.eval.suite import EvalSuite, EvalSuiteConfig
 from hpt.models import ResNet, build_backbone
-from hpt.stage import StageConfig, StageResult, run_stage
+from hpt.pretrain.config import StageConfig
+from hpt.pretrain.stage import StageResult, run_stage
 
 log = logging.getLogger("hpt")
 HIERARCHY_FILE = "hierarchy.yaml"  # the config of the last run in OUT that passed its stages' checks
