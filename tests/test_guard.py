@@ -35,6 +35,7 @@ class ScriptedSignal:
     """A signal that reads a scripted accuracy at each call, whatever the backbone (a synthetic run)."""
 
     name = "knn"
+    measures_quality = True
     val_images = VAL
 
     def __init__(self, accuracies: list[float]) -> None:
@@ -148,6 +149,7 @@ class DriftingSignal:
     replaced by unrelated features (0: the start's representation, 1: an unrelated one)."""
 
     name = "rank"
+    measures_quality = False
     val_images = VAL
 
     def __init__(self, values: list[float], drift: list[float]) -> None:
@@ -181,16 +183,66 @@ def test_without_a_floor_the_same_drift_is_only_recorded() -> None:
     assert len(guard.agreement) == 3 and "agreement with the start" in actions[-1].message
 
 
-def test_agreement_floor_auto_guards_the_rank_signal_only(tiny_npz: Path) -> None:
-    from hpt.pretrain.guard import DEFAULT_AGREEMENT_FLOOR, build_guard
+def test_the_floors_auto_guard_the_rank_signal_only(tiny_npz: Path) -> None:
+    from hpt.pretrain.guard import (
+        DEFAULT_AGREEMENT_FLOOR,
+        DEFAULT_RANK_FLOOR,
+        build_guard,
+    )
 
     cpu = torch.device("cpu")
-    assert build_guard(GuardConfig(), f"npz:{tiny_npz}", cpu, False).agreement_floor == 0.0  # labelled: knn
-    assert build_guard(GuardConfig(signal="rank"), f"npz:{tiny_npz}", cpu, False).agreement_floor == \
-        DEFAULT_AGREEMENT_FLOOR
-    assert build_guard(GuardConfig(agreement_floor=0.3), f"npz:{tiny_npz}", cpu, False).agreement_floor == 0.3
-    with pytest.raises(HptError, match="agreement_floor must be auto or a number in"):
-        GuardConfig(agreement_floor=1.5)
+    knn = build_guard(GuardConfig(), f"npz:{tiny_npz}", cpu, False)  # labelled: knn
+    assert (knn.agreement_floor, knn.rank_floor) == (0.0, 0.0)
+    rank = build_guard(GuardConfig(signal="rank"), f"npz:{tiny_npz}", cpu, False)
+    assert (rank.agreement_floor, rank.rank_floor) == (DEFAULT_AGREEMENT_FLOOR, DEFAULT_RANK_FLOOR)
+    chosen = build_guard(GuardConfig(agreement_floor=0.3, rank_floor=0.2), f"npz:{tiny_npz}", cpu, False)
+    assert (chosen.agreement_floor, chosen.rank_floor) == (0.3, 0.2)
+    for name in ("agreement_floor", "rank_floor"):
+        with pytest.raises(HptError, match=f"{name} must be auto or a number in"):
+            GuardConfig(**{name: 1.5})  # type: ignore[arg-type]
+
+
+class FeatureSignal:
+    """A scripted unlabelled signal: at each reading the features keep the first `dims` of 32 isotropic directions
+    of the start's images (fewer directions: a lower effective rank, the same images)."""
+
+    name = "rank"
+    measures_quality = False
+    val_images = VAL
+
+    def __init__(self, dims: list[int]) -> None:
+        self.start = torch.randn(VAL, 32, generator=torch.Generator().manual_seed(0))
+        self.dims = iter(dims)
+
+    def read(self, backbone: torch.nn.Module) -> Reading:
+        features = self.start.clone()
+        features[:, next(self.dims):] = 0
+        return Reading(effective_rank(features), None, features)
+
+
+def test_without_labels_the_latest_healthy_reading_is_kept_through_a_dip_of_the_rank() -> None:
+    guard = Guard(GuardConfig(every=10), FeatureSignal([32, 24, 32, 30]), agreement_floor=0.0, rank_floor=0.5)  # type: ignore[arg-type]
+    actions = [guard.observe(s, guard.read(s, torch.nn.Identity()), 30) for s in (0, 10, 20, 30)]
+    assert all(a.keep for a in actions) and not any(a.rollback for a in actions)  # a dip to 0.75 is no collapse
+    record = guard.record()
+    assert record["kept_step"] == 30 and "the last reading above the guard's floors" in record["reason"]
+    assert [r[0] for r in record["feature_rank"]] == [0, 10, 20, 30] and record["rank_floor"] == 0.5
+
+
+def test_a_rank_below_the_floor_is_a_collapse_rolled_back_to_the_last_healthy_reading() -> None:
+    guard = Guard(GuardConfig(every=10), FeatureSignal([32, 30, 8]), agreement_floor=0.0, rank_floor=0.5)  # type: ignore[arg-type]
+    actions = [guard.observe(s, guard.read(s, torch.nn.Identity()), 100) for s in (0, 10, 20)]
+    assert [a.keep for a in actions] == [True, True, False] and actions[-1].stop and actions[-1].rollback
+    record = guard.record()
+    assert record["kept_step"] == 10 and record["stopped_at"] == 20
+    assert "effective rank of the features fell to" in record["reason"] and "rank_floor 0.5" in record["reason"]
+
+
+def test_budget_auto_is_refused_with_the_rank_signal(tiny_npz: Path) -> None:
+    from hpt.pretrain.guard import build_guard
+
+    with pytest.raises(HptError, match="budget: auto .* measures health, not quality"):
+        build_guard(GuardConfig(signal="rank"), f"npz:{tiny_npz}", torch.device("cpu"), True)
 
 
 def test_the_start_features_and_the_agreement_survive_a_resume() -> None:

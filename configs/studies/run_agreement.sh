@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The guard's agreement with the start (linear CKA of the signal's features with the stage's start), measured
-# next to the kNN signal on labelled targets, to set the floor of unlabelled stages (docs/RESULTS.md, "Agreement
-# with the Base"). HPT from the shipped base at the demo's settings: a healthy stage (the demo's lr, 400 steps)
+# next to the kNN signal on labelled targets, to set the floor of unlabelled stages (docs/results.md, "Agreement
+# with the Base"). HPT from the shipped base at the demo's settings: a healthy stage (the demo's lr)
 # and three that may harm the Base (the base's own recipe, lr 0.06 and temperature 0.1; lr 0.2; lr 0.6), each guarded by
 # kNN with no agreement floor (the agreement is recorded, never acted on), so each runs until kNN falls beyond
 # noise; every reading also records the effective rank of the same features. Then the same stages guarded by the
@@ -19,7 +19,7 @@ for t in fashion_demo:$A/fashion_demo.npz mnist:$D/mnist_28.npz pneumonia:$D/pne
   for signal in knn rank; do
     floor=$([ $signal = knn ] && echo 0 || echo auto)
     common=(--data $data --out $out --guard-signal $signal --set guard.agreement_floor=$floor "${DEMO[@]}")
-    run hpt pretrain "${common[@]}" --name healthy_$signal --steps 400 --lr 0.03 --set moco.temperature=0.2
+    run hpt pretrain "${common[@]}" --name healthy_$signal --steps 200 --lr 0.03 --set moco.temperature=0.2
     run hpt pretrain "${common[@]}" --name base_recipe_$signal --steps 200 --lr 0.06 --set moco.temperature=0.1
     run hpt pretrain "${common[@]}" --name lr0.2_$signal --steps 200 --lr 0.2 --set moco.temperature=0.2
     run hpt pretrain "${common[@]}" --name lr0.6_$signal --steps 200 --lr 0.6 --set moco.temperature=0.2

@@ -9,19 +9,24 @@ stage also stops, rolled back to the kept checkpoint, once `patience` readings i
 noise on the last reading that did. At the end of a stage the backbone is always the kept checkpoint, and the
 summary says which step was kept and why.
 
-Agreement with the start: every reading also measures the linear CKA between the pooled features of the
-signal's images and those of the same images at the stage's start (the Base of the stage, its BatchNorm
-statistics re-estimated on the stage's images). 1 is the start's representation (up to rotation and scale);
-a stage that forgets what its start knew moves towards the agreement of an unrelated network. A reading
-whose agreement is below `agreement_floor` counts as a drop (rolled back to the kept checkpoint), whatever
-the signal says: it is the forgetting guard of unlabelled data, where the effective rank sees a collapse but
-not a representation that stays rich while it drifts away from the Base (a random network has a high rank).
-`agreement_floor: auto` applies DEFAULT_AGREEMENT_FLOOR with the rank signal and no floor with kNN or linear,
-whose labels see forgetting directly; a number applies that floor with any signal; 0 turns it off.
+Health of the representation: every reading also measures, on the same features, the linear CKA with those of
+the same images at the stage's start (the Base of the stage, its BatchNorm statistics re-estimated on the stage's
+images) - 1 is the start's representation up to rotation and scale, and a stage that forgets what its start knew
+moves towards the agreement of an unrelated network - and their effective rank (1 when every image maps to one
+point). A reading whose agreement is below `agreement_floor`, or whose rank is below `rank_floor` times the
+start's, counts as a drop (rolled back to the kept checkpoint), whatever the signal says. `auto` applies the
+DEFAULT_* floors with the rank signal and none with kNN or linear, whose labels see forgetting and collapse
+directly; a number applies that floor with any signal; 0 turns it off.
+
+Without labels (`signal: rank`) nothing measures whether a step is better, only whether it is healthy: the
+effective rank dips and recovers in healthy continued pretraining (docs/results.md, "Agreement with the Base"),
+so it is no score to keep the best of. The rank signal keeps the latest reading that passes both floors: the
+stage trains as asked and is rolled back only on evidence of collapse or forgetting. `budget: auto`, which stops
+when the signal stops improving, needs a signal that measures quality (knn or linear).
 
 "Beyond noise": for top-1 signals, the 95% paired bootstrap interval of the difference of two readings over the
-same validation images excludes 0; for other signals the difference exceeds `margin` (default: two standard
-errors of a top-1 reading, or 2% of a rank).
+same validation images excludes 0; for a mean AUROC (multi-label data, no per-image outcomes) the difference
+exceeds `margin` (default: two standard errors of a top-1 reading).
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ import numpy as np
 import torch
 
 from hpt.errors import HptError
-from hpt.pretrain.signals import LabelledSignal, RankSignal, Reading
+from hpt.pretrain.signals import LabelledSignal, RankSignal, Reading, effective_rank
 
 log = logging.getLogger("hpt")
 
-#: The agreement floor of `agreement_floor: auto` with the rank signal (docs/RESULTS.md, "Agreement with the Base").
+#: The floors of `agreement_floor: auto` and `rank_floor: auto` with the rank signal (docs/results.md, "Agreement
+#: with the Base"): the linear CKA with the start's features, and the effective rank as a share of the start's.
 DEFAULT_AGREEMENT_FLOOR = 0.5
+DEFAULT_RANK_FLOOR = 0.5
 
 
 @dataclass
@@ -63,6 +70,9 @@ class GuardConfig:
     # linear CKA with the start's features below which a reading counts as a drop; auto: DEFAULT_AGREEMENT_FLOOR
     # with the rank signal, none with knn or linear; 0: no floor
     agreement_floor: float | Literal["auto"] = "auto"
+    # effective rank of the features, as a share of the start's, below which a reading counts as a collapse; auto:
+    # DEFAULT_RANK_FLOOR with the rank signal, none with knn or linear; 0: no floor
+    rank_floor: float | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         for name in ("every", "labels", "images", "patience", "bn_batches"):
@@ -74,9 +84,11 @@ class GuardConfig:
             raise HptError(f"guard.max_lowerings must be >= 0, got {self.max_lowerings}")
         if self.margin is not None and self.margin < 0:
             raise HptError(f"guard.margin must be >= 0, got {self.margin}")
-        if self.agreement_floor != "auto" and not (isinstance(self.agreement_floor, (int, float))
-                                                   and 0 <= self.agreement_floor < 1):
-            raise HptError(f"guard.agreement_floor must be auto or a number in [0, 1), got {self.agreement_floor!r}")
+        for name in ("agreement_floor", "rank_floor"):
+            floor = getattr(self, name)
+            if floor != "auto" and not (isinstance(floor, (int, float)) and not isinstance(floor, bool)
+                                        and 0 <= floor < 1):
+                raise HptError(f"guard.{name} must be auto or a number in [0, 1), got {floor!r}")
 
 
 @dataclass
@@ -113,8 +125,10 @@ class Guard:
     reason: str = ""
     stopped_at: int | None = None
     agreement_floor: float = 0.0  # resolved from the config by build_guard
+    rank_floor: float = 0.0  # resolved from the config by build_guard
     start_features: torch.Tensor | None = None  # the signal's features at the stage's start
     agreement: list[tuple[int, float]] = field(default_factory=list)  # (step, CKA with the start) per reading
+    feature_rank: list[tuple[int, float]] = field(default_factory=list)  # (step, effective rank) per reading
 
     def due(self, step: int, last_step: int) -> bool:
         return step % self.config.every == 0 or step == last_step
@@ -144,6 +158,7 @@ class Guard:
         value = linear_cka(reading.features, self.start_features)
         value = 0.0 if np.isnan(value) else value  # constant features: nothing of the start is left
         self.agreement.append((step, round(value, 6)))
+        self.feature_rank.append((step, round(effective_rank(reading.features), 4)))
         return value
 
     def _decide(self, step: int, reading: Reading, last_step: int, agreement: float | None) -> GuardAction:
@@ -153,13 +168,19 @@ class Guard:
             self.kept = self.reference = mark
             return GuardAction(keep=True, message=f"{name} {reading.value:.4f} at the start")
         kept = self.kept
-        if agreement is not None and agreement < self.agreement_floor:
-            return self._drop(mark, kept, last_step, f"agreement with the start fell to {agreement:.3f} at step "
-                                                     f"{step}, below guard.agreement_floor {self.agreement_floor:g}")
-        if self._beyond_noise(mark, kept) < 0:
+        unhealthy = self._unhealthy(step, agreement)
+        if unhealthy:
+            return self._drop(mark, kept, last_step, unhealthy)
+        quality = self.signal.measures_quality
+        if quality and self._beyond_noise(mark, kept) < 0:
             return self._drop(mark, kept, last_step)
         action = GuardAction()
-        better = self._beyond_noise(mark, kept) > 0 if self.config.keep == "beyond-noise" else reading.value > kept.value
+        if not quality:  # no score to prefer one healthy step to another: the latest healthy one is kept
+            better = True
+        elif self.config.keep == "beyond-noise":
+            better = self._beyond_noise(mark, kept) > 0
+        else:
+            better = reading.value > kept.value
         if better:
             self.kept, action.keep = mark, True
         if self.reference is not None and self._beyond_noise(mark, self.reference) > 0:
@@ -179,7 +200,21 @@ class Guard:
             return self._finish(action, step)
         return action
 
+    def _unhealthy(self, step: int, agreement: float | None) -> str:
+        """Why the reading at `step` counts as a drop whatever its signal says ("" when it is healthy)."""
+        if agreement is not None and agreement < self.agreement_floor:
+            return (f"agreement with the start fell to {agreement:.3f} at step {step}, below guard.agreement_floor "
+                    f"{self.agreement_floor:g}")
+        if self.rank_floor > 0 and len(self.feature_rank) >= 2:
+            start, now = self.feature_rank[0][1], self.feature_rank[-1][1]
+            if now < self.rank_floor * start:
+                return (f"the effective rank of the features fell to {now:.1f} at step {step}, below "
+                        f"guard.rank_floor {self.rank_floor:g} x the start's {start:.1f} (a collapse)")
+        return ""
+
     def _why_kept(self) -> str:
+        if not self.signal.measures_quality:
+            return "the last reading above the guard's floors"
         if self.config.keep == "best":
             return "the best reading"
         return "no later reading above it beyond noise"
@@ -219,8 +254,6 @@ class Guard:
     def margin(self, value: float) -> float:
         if self.config.margin is not None:
             return self.config.margin
-        if isinstance(self.signal, RankSignal):
-            return 0.02 * value
         n = self.signal.val_images
         return 2.0 * float(np.sqrt(max(value * (1.0 - value), 1e-6) / max(n, 1)))
 
@@ -232,7 +265,8 @@ class Guard:
                 "reason": self.reason, "rolled_back": bool(kept and self.stopped_at is not None
                                                            and kept.step != self.stopped_at),
                 "stopped_at": self.stopped_at, "lowerings": self.lowerings, "lr_scale": self.lr_scale,
-                "agreement": [list(a) for a in self.agreement], "agreement_floor": self.agreement_floor}
+                "agreement": [list(a) for a in self.agreement], "agreement_floor": self.agreement_floor,
+                "feature_rank": [list(r) for r in self.feature_rank], "rank_floor": self.rank_floor}
 
     def state(self) -> dict[str, Any]:
         """The guard's part of the resume state (plain values and tensors: loadable with weights_only)."""
@@ -244,7 +278,8 @@ class Guard:
 
         return {"history": [list(h) for h in self.history], "kept": mark(self.kept), "reference": mark(self.reference),
                 "stale": self.stale, "lowerings": self.lowerings, "lr_scale": self.lr_scale,
-                "agreement": [list(a) for a in self.agreement], "start_features": self.start_features}
+                "agreement": [list(a) for a in self.agreement], "start_features": self.start_features,
+                "feature_rank": [list(r) for r in self.feature_rank]}
 
     def load_state(self, state: dict[str, Any]) -> None:
         def mark(d: dict[str, Any] | None) -> _Mark | None:
@@ -258,6 +293,7 @@ class Guard:
         self.stale, self.lowerings, self.lr_scale = int(state["stale"]), int(state["lowerings"]), float(
             state["lr_scale"])
         self.agreement = [(int(s), float(v)) for s, v in state.get("agreement", [])]
+        self.feature_rank = [(int(s), float(v)) for s, v in state.get("feature_rank", [])]
         self.start_features = state.get("start_features")
 
 
@@ -269,10 +305,16 @@ def build_guard(config: GuardConfig, stage_data: str, device: torch.device, auto
         kind = "knn" if _labelled(data) else "rank"
     signal = RankSignal(data, config.images, device) if kind == "rank" else LabelledSignal(data, kind, config.labels,
                                                                                              device)
-    floor = config.agreement_floor
-    if floor == "auto":
-        floor = DEFAULT_AGREEMENT_FLOOR if kind == "rank" else 0.0
-    return Guard(config, signal, auto_budget, agreement_floor=float(floor))
+    if auto_budget and not signal.measures_quality:
+        raise HptError("budget: auto stops a stage when its guard's signal stops improving, and the rank signal of "
+                       f"unlabelled data ({data}) measures health, not quality: give the stage a fixed budget "
+                       "(--steps), or a labelled guard.data with signal knn or linear")
+
+    def resolved(floor: float | str, default: float) -> float:
+        return float(default if floor == "auto" and kind == "rank" else 0.0 if floor == "auto" else floor)
+
+    return Guard(config, signal, auto_budget, agreement_floor=resolved(config.agreement_floor, DEFAULT_AGREEMENT_FLOOR),
+                 rank_floor=resolved(config.rank_floor, DEFAULT_RANK_FLOOR))
 
 
 def _labelled(data: str) -> bool:

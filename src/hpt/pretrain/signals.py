@@ -4,8 +4,13 @@
   with a labelled subset of the training split as memory and the validation split as queries. Top-1 keeps the
   per-image outcomes, so that two readings can be compared paired over the same validation images.
 - `rank`: the effective rank of the pooled features of a fixed slice of images (RankMe, Garrido et al., ICML 2023:
-  exp of the entropy of the normalised singular values). It needs no labels; a collapsing representation loses
-  rank, and higher rank tracks better downstream scores across a run.
+  exp of the entropy of the normalised singular values). It needs no labels and sees a collapse (the rank falls
+  towards 1), but it is a health check, not a score: RankMe's link between rank and downstream scores holds
+  across runs trained from scratch, while in continued pretraining from a Base the rank dips and recovers as the
+  new head settles, with kNN accuracy steady or rising (docs/results.md, "Agreement with the Base").
+
+`measures_quality` says which: a guard keeps the best reading of a signal that measures quality, and the latest
+healthy reading of one that does not.
 
 Every reading also returns the pooled features it scored (the validation images, or the rank's slice: the same
 images at every reading), from which the guard measures the agreement with the stage's start (linear CKA).
@@ -37,6 +42,8 @@ class Reading:
 
 class LabelledSignal:
     """kNN or linear-probe score on the validation split of labelled data (the memory: `labels` training images)."""
+
+    measures_quality = True
 
     def __init__(self, data: str, probe: str, labels: int, device: torch.device) -> None:
         if probe not in ("knn", "linear"):
@@ -94,6 +101,8 @@ class LabelledSignal:
 
 class RankSignal:
     """Effective rank of the pooled features of the first `images` images of a data set (no labels needed)."""
+
+    measures_quality = False
 
     name = "rank"
 
