@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Baselines that learn and a guarded HPT (docs/RESULTS.md, "Baselines that learn, and a guarded HPT"):
-# compare with Target's own recipe and HPT's guard on the demo's FashionMNIST subset (three seeds), MNIST and
-# PneumoniaMNIST; then the Base anchor swept at the demo's settings, with 50 and with 200 HPT steps.
+# Baselines that learn and a guarded HPT (docs/results.md, "Baselines that learn, and a guarded HPT"):
+# compare with Target's own recipe and HPT's guard on the demo's FashionMNIST subset (three seeds), MNIST,
+# PneumoniaMNIST and the whole FashionMNIST training split (20,000 images); then the Base anchor swept at the demo's settings, with 50 and with 200 HPT steps.
 # Re-running reuses every finished stage and evaluation.
 . "$(dirname "$0")/common.sh"
 D=../shared/data
@@ -9,6 +9,8 @@ run hpt experiment compare $E/guarded_compare.yaml
 run hpt experiment compare $E/guarded_compare.yaml target=npz:$PWD/$D/mnist_28.npz --out runs/results/guarded_mnist
 run hpt experiment compare $E/guarded_compare.yaml target=npz:$PWD/$D/pneumoniamnist_28.npz \
     --out runs/results/guarded_pneumonia
+run hpt experiment compare $E/guarded_compare.yaml target=npz:$PWD/$D/fashionmnist_28.npz \
+    --out runs/results/guarded_fashion
 run hpt experiment sweep $E/demo_anchor.yaml
 run hpt experiment sweep $E/demo_anchor.yaml budgets.hpt=200 --out runs/results/demo_anchor_200
 # Target with the stages' defaults instead of its recipe (one seed; the other variants' runs are reused)
