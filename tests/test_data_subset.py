@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hpt.data import open_dataset
-from hpt.data.base import stratified_choice
+from hpt.data.sampling import stratified_choice
 from hpt.errors import HptError
 
 

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from hpt.data.heldout import heldout_rows
+from hpt.data.sampling import stratified_choice
 from hpt.data.spec import DataSpec
 from hpt.errors import HptError
 
@@ -137,8 +139,6 @@ def select(spec: DataSpec, num_rows: int, labels: np.ndarray | None, num_classes
         if class_names is not None:
             class_names = [class_names[c] for c in spec.classes]
     if spec.exclude_heldout and labels is not None and (labels.ndim == 2 or not (labels < 0).any()):
-        from hpt.data.heldout import heldout_rows
-
         kept = np.setdiff1d(np.arange(len(indices)), heldout_rows(spec, labels), assume_unique=True)
         log.info("%s: %d of %d training images left out: evaluation holds them out as val/test", spec.describe(),
                  len(indices) - len(kept), len(indices))
@@ -171,32 +171,6 @@ def _subsample(spec: DataSpec, n: int, single_labels: np.ndarray | None) -> np.n
     if single_labels is None:
         return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
     return stratified_choice(single_labels, k, rng)
-
-
-def stratified_choice(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k sorted indices, per-class quotas proportional to class sizes, at least one per class when k allows."""
-    classes, counts = np.unique(labels, return_counts=True)
-    n = int(counts.sum())
-    exact = k * counts / n
-    quota = np.floor(exact).astype(np.int64)
-    if k >= len(classes):
-        quota = np.maximum(quota, 1)
-    remainder = exact - np.floor(exact)
-    # Hand out (or take back) single images until the quotas add up to k; order is deterministic.
-    while quota.sum() < k:
-        room = quota < counts
-        order = np.lexsort((-counts, -np.where(room, remainder, -np.inf)))
-        c = order[0]
-        quota[c] += 1
-        remainder[c] = -1.0
-    while quota.sum() > k:
-        floor_ = 1 if k >= len(classes) else 0
-        can = quota > floor_
-        order = np.lexsort((counts, np.where(can, -quota, np.inf)))
-        quota[order[0]] -= 1
-    picked = [rng.choice(np.flatnonzero(labels == c), size=int(q), replace=False)
-              for c, q in zip(classes, quota, strict=True) if q > 0]
-    return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
 def _name_list(names: list[str], limit: int = 12) -> str:

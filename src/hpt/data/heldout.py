@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpt.data.base import stratified_choice
+from hpt.data.sampling import stratified_choice
 from hpt.data.spec import DataSpec, parse_data_spec
 from hpt.errors import HptError
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hpt.data.base import stratified_choice
+from hpt.data.sampling import stratified_choice
 from hpt.errors import HptError
 from hpt.eval.features import EvalBackbone, eval_transform
 from hpt.eval.common import loss_function, milestones, new_head, pick_device, write_outputs
