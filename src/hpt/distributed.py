@@ -10,7 +10,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from hpt.errors import HptError
+from hpt.device import resolve_device
 
 T = TypeVar("T")
 
@@ -31,19 +31,6 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """'auto' -> the local CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise HptError("device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu")
-        return torch.device("cuda", local_rank)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise HptError(f"unknown device {name!r}; use auto, cpu or cuda")
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

@@ -44,8 +44,8 @@ from hpt.data import (
     open_dataset,
     parse_data_spec,
 )
+from hpt.device import resolve_device
 from hpt.errors import HptError
-from hpt.eval.common import pick_device
 from hpt.eval.curve import save_figure, write_json
 from hpt.eval.features import (
     EvalBackbone,
@@ -221,7 +221,7 @@ def layer_similarity(backbones: Sequence[EvalBackbone], data: str | DataSpec, *,
     indices = sample_images(ds, images, seed)
     mean, std = channel_stats(ds)
     transform = EvalTransform(mean, std, image_size or ds.image_size[0])
-    dev = pick_device(device)
+    dev = resolve_device(device)
     names = layer_names(backbones[0].model)
 
     def get_images(positions: np.ndarray) -> Tensor:

@@ -25,8 +25,9 @@ import torch
 
 from hpt.analysis.cka import extract_pooled, pooled_stages
 from hpt.atomic import atomic_text_file
+from hpt.device import resolve_device
 from hpt.errors import HptError
-from hpt.eval.common import milestones, pick_device
+from hpt.eval.common import milestones
 from hpt.eval.curve import save_figure, write_json
 from hpt.eval.features import EvalBackbone, eval_transform
 from hpt.eval.linear import LinearConfig, few_threads, train_linear_head
@@ -66,7 +67,7 @@ def depth_probe(backbone: EvalBackbone, splits: LabelledSplits, config: LinearCo
     if config.augmented:
         raise HptError("the depth probe trains on cached features; the augmented linear variant is not supported")
     started = time.time()
-    device = pick_device(config.device)
+    device = resolve_device(config.device)
     feats, image_size = stage_features(backbone, splits, config.image_size, device)
     train_y = torch.from_numpy(np.ascontiguousarray(splits.train.labels))
     n = len(splits.train)

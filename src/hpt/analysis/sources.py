@@ -20,6 +20,7 @@ import torch
 from hpt.atomic import atomic_write_text
 from hpt.augment import EvalTransform
 from hpt.data import channel_stats, open_dataset, parse_data_spec
+from hpt.device import resolve_device
 from hpt.errors import HptError
 from hpt.eval.features import EvalBackbone, extract_features
 from hpt.eval.splits import SplitView
@@ -152,7 +153,7 @@ def probe_sources(backbone: EvalBackbone, ranking: Ranking, steps: int, out_dir:
     from hpt.pretrain.stage import run_stage
 
     splits = load_splits(ranking.target)
-    device = torch.device("cpu") if not torch.cuda.is_available() else torch.device("cuda")
+    device = resolve_device("auto")
     transform = eval_transform(splits, None)
     for i, score in enumerate(ranking.scores):
         model = copy.deepcopy(backbone.model)

@@ -18,16 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from hpt.atomic import atomic_write_text
+from hpt.device import cache_root
 
 log = logging.getLogger("hpt")
 LISTING_VERSION = 1  # bump when a walk's result format changes
 RACY_SECONDS = 2.0
-
-
-def cache_root() -> Path:
-    """$HPT_CACHE, or ~/.cache/hpt (stats, listings and shard indexes live below it)."""
-    base = os.environ.get("HPT_CACHE")
-    return Path(base).expanduser() if base else Path.home() / ".cache" / "hpt"
 
 
 def listings_dir() -> Path:

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from hpt.atomic import atomic_write_text
-from hpt.data.listing import cache_root
 from hpt.data.loader import AnyDataset, batch_loader
+from hpt.device import cache_root
 
 log = logging.getLogger("hpt")
 STATS_VERSION = 1  # bump when the computation changes, to invalidate old cache entries

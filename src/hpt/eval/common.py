@@ -9,7 +9,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from hpt.errors import HptError
 from hpt.eval.curve import Curve, plot_curves, write_curves_csv, write_json
 from hpt.eval.features import EvalBackbone
 
@@ -37,14 +36,6 @@ def new_head(dim: int, classes: int, seed: int) -> nn.Linear:
         head.weight.normal_(0.0, 0.01, generator=gen)
         head.bias.zero_()
     return head
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HptError(f"device {name} was asked for but CUDA is not available; use --device cpu")
-    return torch.device(name)
 
 
 def write_outputs(out: Path, record: dict[str, Any], curves: list[Curve], backbone: EvalBackbone, what: str) -> None:

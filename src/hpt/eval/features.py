@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 from hpt.atomic import atomic_write
 from hpt.augment import EvalTransform
 from hpt.data import ImageDataset, channel_stats
+from hpt.device import cache_root
 from hpt.errors import HptError
 from hpt.eval.splits import LabelledSplits, SplitView
 from hpt.models import ResNet, build_backbone, weights_sha256
@@ -91,8 +91,7 @@ def extract_features(model: ResNet, view: SplitView, transform: EvalTransform, d
 
 def features_cache_dir() -> Path:
     """$HPT_CACHE/features, or ~/.cache/hpt/features."""
-    base = os.environ.get("HPT_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "hpt") / "features"
+    return cache_root() / "features"
 
 
 def _cache_key(backbone: EvalBackbone, ds: ImageDataset, transform: EvalTransform) -> str:

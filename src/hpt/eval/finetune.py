@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from hpt.data.sampling import stratified_choice
+from hpt.device import resolve_device
 from hpt.errors import HptError
+from hpt.eval.common import loss_function, milestones, new_head, write_outputs
 from hpt.eval.features import EvalBackbone, eval_transform
-from hpt.eval.common import loss_function, milestones, new_head, pick_device, write_outputs
 from hpt.eval.result import BestVal, SeedRun, summarize
 from hpt.eval.splits import LabelledSplits, SplitView
 from hpt.models import ResNet
@@ -164,7 +165,7 @@ def finetune_eval(backbone: EvalBackbone, splits: LabelledSplits, config: Finetu
                   out_dir: Path | None = None) -> dict[str, Any]:
     """Fine-tune once per seed (each with its own labelled subset); write results.json and the curves."""
     started = time.time()
-    device = pick_device(config.device)
+    device = resolve_device(config.device)
     runs = [finetune_run(backbone, splits, config, config.seed + i, device) for i in range(config.seeds)]
     n = len(splits.train) if config.labels is None else config.labels
     settings = {**asdict(config), "labels_used": n, "milestones": milestones(config.steps),

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from hpt.device import resolve_device
 from hpt.errors import HptError
-from hpt.eval.common import pick_device
 from hpt.eval.curve import write_json
 from hpt.eval.features import EvalBackbone, eval_transform, split_features
 from hpt.eval.metrics import evaluate
@@ -62,7 +62,7 @@ def knn_eval(backbone: EvalBackbone, splits: LabelledSplits, config: KnnConfig,
              out_dir: Path | None = None) -> dict[str, Any]:
     """kNN with the training split as the bank; val is scored and recorded too (nothing is selected on it)."""
     started = time.time()
-    device = pick_device(config.device)
+    device = resolve_device(config.device)
     transform = eval_transform(splits, config.image_size).to(device)
     feats = split_features(backbone, splits, transform, device, cache=config.cache_features)
     bank = torch.from_numpy(feats["train"]).to(device)

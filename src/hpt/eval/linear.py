@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from hpt.device import resolve_device
 from hpt.errors import HptError
-from hpt.eval.common import loss_function, milestones, new_head, pick_device, write_outputs
+from hpt.eval.common import loss_function, milestones, new_head, write_outputs
 from hpt.eval.features import (
     EvalBackbone,
     check_unchanged,
@@ -93,7 +94,7 @@ def linear_eval(backbone: EvalBackbone, splits: LabelledSplits, config: LinearCo
                 out_dir: Path | None = None) -> dict[str, Any]:
     """Run the protocol for each seed; write results.json, curve.csv and curve.png to out_dir; return the record."""
     started = time.time()
-    device = pick_device(config.device)
+    device = resolve_device(config.device)
     model = backbone.model.to(device).eval()
     transform = eval_transform(splits, config.image_size).to(device)
     before = snapshot(model)

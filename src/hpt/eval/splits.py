@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from hpt.data import DataSpec, ImageDataset, open_dataset, parse_data_spec
-from hpt.data.sampling import stratified_choice
 from hpt.data.heldout import CARVE_FRACTION, CARVE_ORDER, carve, carve_seed, find_split
+from hpt.data.sampling import stratified_choice
 from hpt.errors import HptError
 
 log = logging.getLogger("hpt")
