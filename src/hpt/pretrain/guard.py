@@ -45,7 +45,7 @@ log = logging.getLogger("hpt")
 
 #: The floors of `agreement_floor: auto` and `rank_floor: auto` with the rank signal (docs/results.md, "Agreement
 #: with the Base"): the linear CKA with the start's features, and the effective rank as a share of the start's.
-DEFAULT_AGREEMENT_FLOOR = 0.5
+DEFAULT_AGREEMENT_FLOOR = 0.85
 DEFAULT_RANK_FLOOR = 0.5
 
 
@@ -183,10 +183,11 @@ class Guard:
             better = reading.value > kept.value
         if better:
             self.kept, action.keep = mark, True
-        if self.reference is not None and self._beyond_noise(mark, self.reference) > 0:
-            self.reference, self.stale = mark, 0
-        else:
-            self.stale += 1
+        if quality:  # budget auto's count of readings without a gain beyond noise
+            if self.reference is not None and self._beyond_noise(mark, self.reference) > 0:
+                self.reference, self.stale = mark, 0
+            else:
+                self.stale += 1
         kept = self.kept
         action.message = f"{name} {reading.value:.4f}" + ("; kept" if action.keep else
                                                          f"; kept: step {kept.step} ({kept.value:.4f})")
