@@ -262,3 +262,11 @@ def test_a_real_rank_guard_records_the_agreement_with_the_start(tiny_npz: Path, 
     assert guard["signal"] == "rank" and guard["agreement_floor"] == 0.01
     assert [a[0] for a in guard["agreement"]] == [0, 2, 4] and guard["agreement"][0][1] == pytest.approx(1.0)
     assert all(0.0 <= a[1] <= 1.0 + 1e-9 for a in guard["agreement"])
+
+
+def test_what_auto_floors_mean_is_part_of_a_stage_settings(tiny_npz: Path) -> None:
+    guard_settings = stage(tiny_npz, steps=4, guard={"every": 2}).semantic()["guard"]
+    assert guard_settings["agreement_floor"] == "auto (0.85 with the rank signal, else 0)"
+    assert guard_settings["rank_floor"] == "auto (0.5 with the rank signal, else 0)"
+    chosen = stage(tiny_npz, steps=4, guard={"every": 2, "agreement_floor": 0.3}).semantic()["guard"]
+    assert chosen["agreement_floor"] == 0.3

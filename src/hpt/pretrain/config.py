@@ -17,7 +17,7 @@ from hpt.errors import HptError
 from hpt.methods import METHODS, BYOLConfig, MocoV2Config, SimCLRConfig
 from hpt.pretrain.anchor import AnchorConfig
 from hpt.pretrain.early_stop import StopConfig
-from hpt.pretrain.guard import GuardConfig
+from hpt.pretrain.guard import AUTO_FLOORS, GuardConfig
 
 TrainMode = Literal["all", "bn", "bn-stats", "none"]
 #: Config keys that change how a stage runs but not what it computes; they may differ on resume.
@@ -107,6 +107,11 @@ class StageConfig:
         comparison (same_settings) reads a missing one as its default."""
         settings = {k: v for k, v in to_dict(self).items() if k not in RUNTIME_KEYS}
         _drop_defaults(settings, LATER_DEFAULTS)
+        guard = settings.get("guard")
+        if isinstance(guard, dict):  # what `auto` means is part of the result: a new default is a new setting
+            for name, meaning in AUTO_FLOORS.items():
+                if guard.get(name) == "auto":
+                    guard[name] = meaning
         return settings
 
 

@@ -47,6 +47,10 @@ log = logging.getLogger("hpt")
 #: with the Base"): the linear CKA with the start's features, and the effective rank as a share of the start's.
 DEFAULT_AGREEMENT_FLOOR = 0.85
 DEFAULT_RANK_FLOOR = 0.5
+#: What `auto` means for each floor, as recorded in a stage's settings (so that a run made under other defaults is
+#: not reused as if it had been made under these).
+AUTO_FLOORS = {"agreement_floor": f"auto ({DEFAULT_AGREEMENT_FLOOR:g} with the rank signal, else 0)",
+               "rank_floor": f"auto ({DEFAULT_RANK_FLOOR:g} with the rank signal, else 0)"}
 
 
 @dataclass
