@@ -26,3 +26,4 @@ for t in fashion_demo:$A/fashion_demo.npz mnist:$D/mnist_28.npz pneumonia:$D/pne
   done
 done
 .venv/bin/python scripts/guard_agreement_table.py runs/results/agreement_*
+.venv/bin/python scripts/score_rank_guarded.py runs/results/agreement_*
