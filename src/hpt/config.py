@@ -88,6 +88,8 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
     args = typing.get_args(hint)
     if hint is Any:
         return value
+    if isinstance(hint, type) and hasattr(hint, "from_config"):  # a value type read from one YAML value
+        return hint.from_config(value, path)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -144,7 +146,9 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
 
 
 def to_dict(obj: Any) -> Any:
-    """A dataclass (tree) as plain YAML-able data."""
+    """A dataclass (tree) as plain YAML-able data; a value type (one with as_config, e.g. a DataSpec) as its YAML value."""
+    if hasattr(obj, "as_config") and not isinstance(obj, type):
+        return obj.as_config()
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):

@@ -15,8 +15,7 @@ from hpt.errors import HptError
 from hpt.models import build_resnet, inspect_checkpoint, load_backbone
 from hpt.pretrain.state import load_state
 
-from ..helpers import TINY_STAGE, run_cli, write_hierarchy
-from ..test_cli import assert_one_line_error, call
+from ..helpers import TINY_STAGE, assert_one_line_error, call, run_cli, write_hierarchy
 
 TINY_ARCH = {"arch": "resnet18", "small_stem": True, "width": 8}
 

@@ -226,7 +226,7 @@ def test_without_a_guard_the_same_data_is_pretrained_whole(tmp_path: Path,
 
 def test_data_with_its_own_val_and_test_splits_is_pretrained_whole_and_keeps_its_spec(tmp_path: Path) -> None:
     data = indexed_npz(tmp_path / "splits.npz", with_splits=True)
-    assert tiny_stage(data, guard={"every": 1}).data == f"npz:{data}"
+    assert str(tiny_stage(data, guard={"every": 1}).data) == f"npz:{data}"
     assert len(open_dataset(f"npz:{data}?exclude_heldout=true")) == 80
 
 

@@ -15,7 +15,7 @@ from hpt.eval.metrics import mean_auroc
 from hpt.eval.splits import load_splits
 
 from ..conftest import write_npz
-from ..test_cli import assert_one_line_error, call
+from ..helpers import assert_one_line_error, call
 
 RANDOM = ["--backbone", "random", "--arch", "resnet18", "--small-stem", "--width", "8", "--device", "cpu"]
 

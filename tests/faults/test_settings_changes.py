@@ -157,7 +157,10 @@ def every_section(tiny_npz: Path) -> dict[str, Any]:
     """A run's record with every optional section set, so that each setting of each section is in it."""
     return recorded_settings(config(tiny_npz, {"stop": {"every": 2}, "guard": {"every": 2}, "anchor": {"weight": 1.0},
                                                "moco": {"head_bn": True}, "head_warmup_steps": 1,
-                                               "lr_warmup_steps": 1, "continue_method": True, "budget": "auto"}),
+                                               "lr_warmup_steps": 1, "continue_method": True, "budget": "auto",
+                                               "train": "lora", "last_blocks": 1, "lora": {"rank": 4},
+                                               "mocov3": {"temperature": 0.3}, "dino": {"student_temp": 0.2},
+                                               "optimizer": "adamw", "adamw_betas": [0.8, 0.99]}),
                               "start")
 
 

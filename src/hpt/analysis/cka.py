@@ -12,12 +12,14 @@ estimator is biased upwards when there are few images for the number of channels
 images (the default is 2,000), and the record warns when the images are fewer than the widest layer's
 channels.
 
-Features: every spatial map (the stem's output after relu/max-pool - the max-pool is an Identity with
-``small_stem`` - and each residual block's output) is globally average-pooled to one value per channel
-(n, C) before CKA. This keeps memory at n x C whatever the image size, but compares channel means only: two
-layers that differ only in where things are in the image can score higher than with flattened (n, C*H*W)
-maps. The last row, ``pooled``, is the backbone's own output (``forward_features``); since it is the
-average-pooled output of the last block, it repeats that block's row by construction.
+Features: each layer is read as one vector per image (:mod:`hpt.analysis.layers` says which rows each
+family has): spatial maps are globally average-pooled to one value per channel (n, C), a ViT's tokens are
+averaged over the patch tokens. This keeps memory at n x C whatever the image size, but compares channel means
+only: two layers that differ only in where things are in the image can score higher than with flattened
+(n, C*H*W) maps. The last row, ``pooled``, is the backbone's own output (``forward_features``).
+
+This module compares backbones of one architecture row by row (:func:`layer_similarity`);
+:mod:`hpt.analysis.cross` compares every layer of one backbone with every layer of another.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hpt.analysis.layers import features_note, layer_names, pooled_blocks, pooled_stages
 from hpt.atomic import atomic_text_file
 from hpt.augment import EvalTransform
 from hpt.data import (
@@ -42,7 +45,6 @@ from hpt.data import (
     ImageDataset,
     channel_stats,
     open_dataset,
-    parse_data_spec,
 )
 from hpt.device import resolve_device
 from hpt.errors import HptError
@@ -50,18 +52,16 @@ from hpt.eval.curve import save_figure, write_json
 from hpt.eval.features import (
     EvalBackbone,
     check_unchanged,
-    load_eval_backbone,
     snapshot,
 )
-from hpt.models import ResNet
+from hpt.models.families import describe
 
 log = logging.getLogger("hpt")
 
 MEASURE = ("linear CKA (Kornblith et al. 2019), standard estimator (biased HSIC) on column-centred features: "
            "||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)")
-FEATURES = ("each spatial map globally average-pooled to one value per channel (n, C), BatchNorm in eval mode; "
-            "'pooled' is forward_features (= the last block's row)")
-STAGES = ("layer1", "layer2", "layer3", "layer4")
+#: Re-exported from :mod:`hpt.analysis.layers`, where the rows of each family are defined.
+__all__ = ["cka_matrix", "layer_names", "layer_similarity", "linear_cka", "pooled_blocks", "pooled_stages"]
 
 
 def linear_cka(x: np.ndarray | Tensor, y: np.ndarray | Tensor) -> float:
@@ -98,33 +98,43 @@ def _as_matrix(x: np.ndarray | Tensor, name: str) -> np.ndarray:
     return arr
 
 
-def layer_names(model: ResNet) -> list[str]:
-    """The rows of a similarity table: stem, every residual block (layer1.0, ...), pooled."""
-    blocks = [f"{stage}.{i}" for stage in STAGES for i in range(len(getattr(model, stage)))]
-    return ["stem", *blocks, "pooled"]
+def _normalised_gram(x: np.ndarray | Tensor, name: str) -> np.ndarray | None:
+    """The centred Gram matrix Xc Xc^T (n, n) divided by its Frobenius norm; None for a constant representation."""
+    a = _as_matrix(x, name)
+    a = a - a.mean(axis=0, keepdims=True)
+    gram = a @ a.T
+    norm = float(np.linalg.norm(gram))
+    return None if norm == 0.0 else gram / norm
 
 
-def pooled_blocks(model: ResNet, x: Tensor) -> dict[str, Tensor]:
-    """Average-pooled (N, C) output of the stem, of every residual block, and the pooled features."""
-    out: dict[str, Tensor] = {}
-    h = model.maxpool(model.relu(model.bn1(model.conv1(x))))
-    out["stem"] = torch.flatten(model.avgpool(h), 1)
-    for stage in STAGES:
-        for i, block in enumerate(getattr(model, stage)):
-            h = block(h)
-            out[f"{stage}.{i}"] = torch.flatten(model.avgpool(h), 1)
-    out["pooled"] = torch.flatten(model.avgpool(h), 1)
+def cka_matrix(xs: Sequence[np.ndarray | Tensor], ys: Sequence[np.ndarray | Tensor]) -> np.ndarray:
+    """Linear CKA of every x in `xs` with every y in `ys` (all over the same n examples): (len(xs), len(ys)).
+
+    Equal to :func:`linear_cka` entry by entry (``||Yc^T Xc||_F^2 = <Xc Xc^T, Yc Yc^T>_F``), but each side's
+    centred Gram matrix is formed once: memory is n x n x 8 bytes per layer of the shorter list (32 MB per layer
+    at 2,000 images). NaN where either side is constant."""
+    rows = {int(v.shape[0]) for v in (*xs, *ys)}
+    if len(rows) > 1:
+        raise HptError(f"CKA needs the same examples on every side, got matrices of {sorted(rows)} rows")
+    if rows and min(rows) < 2:
+        raise HptError(f"CKA needs at least 2 examples, got {min(rows)}")
+    if len(xs) < len(ys):
+        return cka_matrix(ys, xs).T
+    grams = [_normalised_gram(y, f"y[{j}]") for j, y in enumerate(ys)]
+    out = np.full((len(xs), len(ys)), np.nan)
+    for i, x in enumerate(xs):
+        gx = _normalised_gram(x, f"x[{i}]")
+        if gx is None:
+            continue
+        for j, gy in enumerate(grams):
+            if gy is not None:
+                out[i, j] = float(np.vdot(gx, gy))
     return out
 
 
-def pooled_stages(model: ResNet, x: Tensor) -> dict[str, Tensor]:
-    """Average-pooled (N, C) output of the stem and of each of layer1..layer4."""
-    return {name: torch.flatten(model.avgpool(t), 1) for name, t in model.stage_outputs(x).items()}
-
-
 @torch.no_grad()
-def extract_pooled(model: ResNet, get_images: Callable[[np.ndarray], Tensor], n: int, transform: EvalTransform,
-                   device: torch.device, layers: Callable[[ResNet, Tensor], dict[str, Tensor]],
+def extract_pooled(model: torch.nn.Module, get_images: Callable[[np.ndarray], Tensor], n: int, transform: EvalTransform,
+                   device: torch.device, layers: Callable[[Any, Tensor], dict[str, Tensor]],
                    batch_size: int = 256) -> dict[str, np.ndarray]:
     """Run `layers` over n images (fetched by position), BatchNorm in eval mode; float32 (n, C) per layer.
 
@@ -156,38 +166,23 @@ def model_labels(backbones: Sequence[EvalBackbone]) -> list[str]:
 
 
 def check_same_architecture(backbones: Sequence[EvalBackbone], labels: Sequence[str]) -> None:
-    """HptError naming both when two backbones differ in arch, stem or width."""
-    def spec(b: EvalBackbone) -> tuple[str, bool, int]:
-        return b.model.arch, b.model.small_stem, b.model.width
-
+    """HptError naming both when two backbones differ in architecture (:func:`describe`: family, arch, stem,
+    width, ViT or ConvNeXt shape)."""
     first = backbones[0]
     for label, other in zip(labels[1:], backbones[1:]):
-        if spec(other) != spec(first):
+        if describe(other.model) != describe(first.model):
             raise HptError(
-                f"layer similarity compares backbones of one architecture, but {labels[0]} is {_describe(first)} "
-                f"and {label} is {_describe(other)}")
+                f"layer similarity compares backbones of one architecture, but {labels[0]} is "
+                f"{describe(first.model)} and {label} is {describe(other.model)}; two backbones of different "
+                "architectures get the full layer-by-layer matrix (hpt.analysis.cross)")
 
 
-def load_compared(checkpoints: Sequence[str], names: Sequence[str] = (), *, arch: str | None = None,
-                  small_stem: bool | None = None, width: int | None = None, seed: int = 0
-                  ) -> tuple[list[EvalBackbone], list[str]]:
-    """The backbones `hpt analyze similarity` compares, with their labels (`names`, else model_labels; a 'random'
-    one gets seed, seed+1, ... in order). HptError for fewer than two, a name count that does not match, or
-    backbones of different architectures."""
-    if len(checkpoints) < 2:
-        raise HptError(f"similarity needs at least two checkpoints, got {len(checkpoints)}: {' '.join(checkpoints)}")
-    backbones = [load_eval_backbone(c, arch=arch, small_stem=small_stem, width=width, seed=seed + i)
-                 for i, c in enumerate(checkpoints)]
-    if names and len(names) != len(checkpoints):
-        raise HptError(f"--name was given {len(names)} times for {len(checkpoints)} checkpoints; give one per checkpoint")
-    labels = list(names) or [f"random(seed={seed + i})" if b.format == "random" else label
-                             for i, (b, label) in enumerate(zip(backbones, model_labels(backbones)))]
-    check_same_architecture(backbones, labels)
-    return backbones, labels
-
-
-def _describe(b: EvalBackbone) -> str:
-    return f"{b.model.arch} (small_stem={b.model.small_stem}, width={b.model.width})"
+def check_labels(backbones: Sequence[EvalBackbone], labels: Sequence[str] | None) -> list[str]:
+    """`labels`, or :func:`model_labels` when None; HptError unless there is one distinct label per backbone."""
+    labels = list(labels) if labels is not None else model_labels(backbones)
+    if len(labels) != len(backbones) or len(set(labels)) != len(labels):
+        raise HptError(f"need one distinct label per backbone, got {labels}")
+    return labels
 
 
 def sample_images(ds: ImageDataset, images: int, seed: int) -> np.ndarray:
@@ -200,29 +195,19 @@ def sample_images(ds: ImageDataset, images: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(len(ds), size=k, replace=False))
 
 
-def layer_similarity(backbones: Sequence[EvalBackbone], data: str | DataSpec, *, images: int = 2000,
-                     seed: int = 0, image_size: int | None = None, device: str = "auto", batch_size: int = 256,
-                     out_dir: Path | None = None, labels: Sequence[str] | None = None) -> dict[str, Any]:
-    """Linear CKA of every pair of backbones at every layer, on one seeded sample of the data's images.
+def encode_sample(backbones: Sequence[EvalBackbone], labels: Sequence[str], data: str | DataSpec, *,
+                  images: int, seed: int, image_size: int | None, device: str, batch_size: int
+                  ) -> tuple[dict[str, Any], list[dict[str, np.ndarray]]]:
+    """Every backbone's similarity rows (:func:`pooled_blocks`) over one seeded sample of the data's images.
 
     The data spec's split (train unless ``?split=`` says otherwise) is sampled; images are normalised with
-    that split's channel statistics (as ``hpt eval`` does with the train split). `labels` name the backbones
-    (default: :func:`model_labels`). Returns the record; with `out_dir`, writes similarity.json,
-    similarity.csv and similarity.png there.
-    """
-    started = time.time()
-    if len(backbones) < 2:
-        raise HptError(f"layer similarity needs at least two backbones, got {len(backbones)}")
-    labels = list(labels) if labels is not None else model_labels(backbones)
-    if len(labels) != len(backbones) or len(set(labels)) != len(labels):
-        raise HptError(f"need one distinct label per backbone, got {labels}")
-    check_same_architecture(backbones, labels)
-    ds = open_dataset(parse_data_spec(data))
+    that split's channel statistics (as ``hpt eval`` does with the train split). Returns what the record says
+    about the sample (data, images, sample_seed, image_size) and, per backbone, row name -> (n, C) float32."""
+    ds = open_dataset(data)
     indices = sample_images(ds, images, seed)
     mean, std = channel_stats(ds)
     transform = EvalTransform(mean, std, image_size or ds.image_size[0])
     dev = resolve_device(device)
-    names = layer_names(backbones[0].model)
 
     def get_images(positions: np.ndarray) -> Tensor:
         return ds.get_batch(indices[positions])[0]
@@ -232,29 +217,55 @@ def layer_similarity(backbones: Sequence[EvalBackbone], data: str | DataSpec, *,
         log.info("similarity: encoding %d images with %s", len(indices), label)
         feats.append(extract_pooled(backbone.model, get_images, len(indices), transform, dev, pooled_blocks,
                                     batch_size))
+    sample = {"data": ds.spec.describe(), "images": len(indices), "sample_seed": seed,
+              "image_size": transform.image_size}
+    return sample, feats
+
+
+def bias_warning(images: int, channels: Sequence[int]) -> list[str]:
+    """The warning when the images are fewer than the widest layer's channels (linear CKA is biased upwards)."""
+    widest = max(channels)
+    if images >= widest:
+        return []
+    message = (f"{images} images for layers of up to {widest} channels: the standard linear CKA is biased upwards "
+               "with fewer images than channels; use more images (--images)")
+    return [message]
+
+
+def layer_similarity(backbones: Sequence[EvalBackbone], data: str | DataSpec, *, images: int = 2000,
+                     seed: int = 0, image_size: int | None = None, device: str = "auto", batch_size: int = 256,
+                     out_dir: Path | None = None, labels: Sequence[str] | None = None) -> dict[str, Any]:
+    """Linear CKA of every pair of backbones of one architecture at every layer, on one seeded sample of images.
+
+    Sampling and normalisation as :func:`encode_sample`. `labels` name the backbones (default:
+    :func:`model_labels`). Returns the record; with `out_dir`, writes similarity.json, similarity.csv and
+    similarity.png there. Backbones of different architectures: :func:`hpt.analysis.cross.cross_similarity`.
+    """
+    started = time.time()
+    if len(backbones) < 2:
+        raise HptError(f"layer similarity needs at least two backbones, got {len(backbones)}")
+    labels = check_labels(backbones, labels)
+    check_same_architecture(backbones, labels)
+    sample, feats = encode_sample(backbones, labels, data, images=images, seed=seed, image_size=image_size,
+                                  device=device, batch_size=batch_size)
+    names = layer_names(backbones[0].model)
     pairs = list(itertools.combinations(range(len(backbones)), 2))
     rows = []
     for name in names:
         values = [linear_cka(feats[a][name], feats[b][name]) for a, b in pairs]
         rows.append({"layer": name, "channels": int(feats[0][name].shape[1]),
                      "cka": [None if math.isnan(v) else v for v in values]})
-    widest = max(row["channels"] for row in rows)
-    warnings = []
-    if len(indices) < widest:
-        warnings.append(f"{len(indices)} images for layers of up to {widest} channels: the standard linear CKA is "
-                        "biased upwards with fewer images than channels; use more images (--images)")
+    warnings = bias_warning(sample["images"], [row["channels"] for row in rows])
     undefined = [row["layer"] for row in rows if any(v is None for v in row["cka"])]
     if undefined:
         warnings.append(f"CKA undefined (a constant representation) at: {', '.join(undefined)}")
     record: dict[str, Any] = {
         "kind": "analysis",
         "analysis": "similarity",
+        "mode": "layers",
         "measure": MEASURE,
-        "features": FEATURES,
-        "data": ds.spec.describe(),
-        "images": int(len(indices)),
-        "sample_seed": seed,
-        "image_size": transform.image_size,
+        "features": features_note(backbones[0].model),
+        **sample,
         "models": [{"label": label, **b.record()} for label, b in zip(labels, backbones)],
         "pairs": [{"a": labels[a], "b": labels[b], "index": [a, b], "label": f"{a + 1}~{b + 1}"} for a, b in pairs],
         "layers": rows,
@@ -307,16 +318,20 @@ def plot_similarity(path: Path, record: dict[str, Any]) -> None:
 
 def similarity_table(record: dict[str, Any]) -> str:
     """The printed table: one line per layer; one CKA column per pair (numbered models, legend above)."""
-    lines = [f"[{i + 1}] {m['label']}: {_describe_record(m)}" for i, m in enumerate(record["models"])]
-    lines.append(f"linear CKA on {record['images']} images of {record['data']} (channel-averaged feature maps)")
-    header = f"{'layer':<10} {'channels':>8}" + "".join(f" {p['label']:>8}" for p in record["pairs"])
+    lines = [f"[{i + 1}] {m['label']}: {describe_record(m)}" for i, m in enumerate(record["models"])]
+    lines.append(f"linear CKA on {record['images']} images of {record['data']} (per-layer means, see features)")
+    width = max(10, *(len(row["layer"]) for row in record["layers"]))
+    header = f"{'layer':<{width}} {'channels':>8}" + "".join(f" {p['label']:>8}" for p in record["pairs"])
     lines += [header, "-" * len(header)]
     for row in record["layers"]:
         cells = "".join(f" {'n/a' if v is None else f'{v:.4f}':>8}" for v in row["cka"])
-        lines.append(f"{row['layer']:<10} {row['channels']:>8}{cells}")
+        lines.append(f"{row['layer']:<{width}} {row['channels']:>8}{cells}")
     lines += [f"warning: {w}" for w in record["warnings"]]
     return "\n".join(lines)
 
 
-def _describe_record(model: dict[str, Any]) -> str:
+def describe_record(model: dict[str, Any]) -> str:
+    """A backbone's architecture and format, from its record (ResNet fields, else the ``architecture`` line)."""
+    if "architecture" in model:
+        return f"{model['architecture']}, {model['format']}"
     return f"{model['arch']} (small_stem={model['small_stem']}, width={model['width']}), {model['format']}"

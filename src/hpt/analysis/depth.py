@@ -1,14 +1,19 @@
 """Depth probes: the linear-separability protocol on features pooled after each stage of a frozen backbone.
 
-For each depth (stem, layer1, layer2, layer3, layer4) the stage's output is globally average-pooled to one
-value per channel, and a linear classifier is trained on it with exactly the ``hpt eval linear`` recipe
+For each depth (:func:`hpt.analysis.layers.depth_names`: a ResNet's stem and layer1..layer4; a ViT's embedding,
+the blocks at quarter depths and its pooled features; a ConvNeXt's stem, stage0..stage3 and pooled features)
+the output is pooled to one value per channel (a spatial average, or a ViT's mean over the patch tokens), and a
+linear classifier is trained on it with exactly the ``hpt eval linear`` recipe
 (:func:`hpt.eval.linear.train_linear_head` with a :class:`~hpt.eval.linear.LinearConfig`: SGD, lr drops at 1/3
 and 2/3, val selects the step, test reports) and summarised by :func:`hpt.eval.result.summarize` (95%
-bootstrap interval over the test images). The layer4 row is the ``hpt eval linear`` setting itself.
+bootstrap interval over the test images). The last row (a ResNet's layer4, the others' ``pooled``) is the
+``hpt eval linear`` setting itself.
 
 "Best" is the depth with the highest val score (choosing a depth to truncate at is a selection, so test only
 reports); a depth is "within noise of best" when the paired bootstrap interval of its difference to the best one over
-the same test images holds 0 (:mod:`hpt.eval.paired`; for AUROC: when their intervals overlap).
+the same test images holds 0 (:mod:`hpt.eval.paired`; for AUROC: when their intervals overlap). For a ResNet
+whose shallowest depth within noise is layer1..layer3, the record names ``hpt export --truncate`` for it
+(``truncate_hint``); truncated exports exist for ResNets only.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hpt.analysis.cka import extract_pooled, pooled_stages
+from hpt.analysis.cka import extract_pooled
+from hpt.analysis.layers import RESNET_DEPTHS, depth_names, depth_note, pooled_stages
 from hpt.atomic import atomic_text_file
 from hpt.device import resolve_device
 from hpt.errors import HptError
@@ -35,10 +41,14 @@ from hpt.eval.metrics import Interval, differs
 from hpt.eval.paired import mean_outcomes, paired_difference_interval
 from hpt.eval.result import summarize
 from hpt.eval.splits import LabelledSplits
+from hpt.models.families import family_of
 
 log = logging.getLogger("hpt")
 
-DEPTHS = ("stem", "layer1", "layer2", "layer3", "layer4")
+#: A ResNet's depths (other families: :func:`hpt.analysis.layers.depth_names`).
+DEPTHS = RESNET_DEPTHS
+#: The depths `hpt export --truncate` can stop after.
+TRUNCATABLE = ("layer1", "layer2", "layer3")
 
 
 def stage_features(backbone: EvalBackbone, splits: LabelledSplits, image_size: int | None,
@@ -74,9 +84,9 @@ def depth_probe(backbone: EvalBackbone, splits: LabelledSplits, config: LinearCo
     batch = min(config.batch_size, n)
     settings = {**asdict(config), "milestones": milestones(config.steps), "batch_size_used": batch,
                 "image_size_used": image_size, "weight_decay": 0.0, "init": "N(0, 0.01)",
-                "features": "stage output globally average-pooled per channel, BatchNorm in eval mode"}
+                "features": depth_note(backbone.model)}
     rows = []
-    for depth in DEPTHS:
+    for depth in depth_names(backbone.model):
         depth_started = time.time()
         train_x = torch.from_numpy(feats["train"][depth]).to(device)
         val_x = torch.from_numpy(feats["val"][depth]).to(device)
@@ -121,11 +131,20 @@ def depth_probe(backbone: EvalBackbone, splits: LabelledSplits, config: LinearCo
         "within_noise_of_best": [r["depth"] for r in rows if r["vs_best"] == "within noise of best"],
         "shallower_within_noise": shallower,
         "shallowest_within_noise": shallower[0] if shallower else best["depth"],
+        "truncate_hint": truncate_hint(backbone, shallower[0] if shallower else best["depth"]),
         "wall_time_s": round(time.time() - started, 2),
     }
     if out_dir is not None:
         write_depth(Path(out_dir), record)
     return record
+
+
+def truncate_hint(backbone: EvalBackbone, depth: str) -> str | None:
+    """The `hpt export --truncate` command that keeps the backbone up to `depth`: ResNets only (the other families
+    have no truncated export), for a file, and only for layer1..layer3 (layer4 is the whole backbone)."""
+    if family_of(backbone.model) != "resnet" or depth not in TRUNCATABLE or backbone.format == "random":
+        return None
+    return f"hpt export {backbone.source} --truncate {depth} --out <file>"
 
 
 def _differs(a: dict[str, Any], b: dict[str, Any], n: int) -> bool:
@@ -178,11 +197,12 @@ def plot_depth(path: Path, record: dict[str, Any]) -> None:
 def depth_table(record: dict[str, Any]) -> str:
     """The printed table and a verdict line."""
     metric = "top-1" if record["metric"] == "top1" else "mean AUROC"
-    header = f"{'depth':<8} {'dim':>5} {'test ' + metric:>16} {'95% CI':>17}  vs best"
+    width = max(8, *(len(r["depth"]) for r in record["rows"]))
+    header = f"{'depth':<{width}} {'dim':>5} {'test ' + metric:>16} {'95% CI':>17}  vs best"
     lines = [header, "-" * len(header)]
     for r in record["rows"]:
         low, high = r["interval"]
-        lines.append(f"{r['depth']:<8} {r['dim']:>5} {100 * r['test']:>15.2f}% "
+        lines.append(f"{r['depth']:<{width}} {r['dim']:>5} {100 * r['test']:>15.2f}% "
                      f"[{100 * low:6.2f}, {100 * high:6.2f}]  {r['vs_best']}")
     best = record["best"]
     verdict = f"best depth: {best['depth']} ({100 * best['test']:.2f}%)"
@@ -192,4 +212,6 @@ def depth_table(record: dict[str, Any]) -> str:
     elif best["depth"] != record["rows"][0]["depth"]:
         verdict += "; every shallower depth is below it beyond noise"
     lines.append(verdict)
+    if record.get("truncate_hint"):
+        lines.append(f"to ship the backbone up to {record['shallowest_within_noise']}: {record['truncate_hint']}")
     return "\n".join(lines)

@@ -19,11 +19,12 @@ import torch
 
 from hpt.atomic import atomic_write_text
 from hpt.augment import EvalTransform
-from hpt.data import channel_stats, open_dataset, parse_data_spec
+from hpt.data import DataSpec, channel_stats, open_dataset, parse_data_spec
 from hpt.device import resolve_device
 from hpt.errors import HptError
 from hpt.eval.features import EvalBackbone, extract_features
 from hpt.eval.splits import SplitView
+from hpt.models.families import image_size_problem
 
 log = logging.getLogger("hpt")
 FAR_RATIO = 0.5  # target at least half as far from the base domain as noise images are: warn
@@ -114,6 +115,9 @@ def rank_sources(backbone: EvalBackbone, target: str, sources: list[str], *, bas
         raise HptError("give at least one candidate source data set")
     device = device or torch.device("cpu")
     size = image_size or open_dataset(_train(target)).image_size[0]
+    problem = image_size_problem(backbone.model, size)  # a ViT's patch size, a ConvNeXt's least size
+    if problem:
+        raise HptError(f"cannot compare features at {size} px: {problem}; set --image-size")
     feats = {spec: pooled_features(backbone, spec, images, size, device) for spec in [target, *sources]}
     scores = [SourceScore(spec, frechet_distance(feats[target], feats[spec]), mmd2_rbf(feats[target], feats[spec]))
               for spec in sources]
@@ -131,10 +135,8 @@ def rank_sources(backbone: EvalBackbone, target: str, sources: list[str], *, bas
     return ranking
 
 
-def _train(spec: str) -> str:
-    from dataclasses import replace
-
-    return replace(parse_data_spec(spec), split="train").describe()
+def _train(spec: str | DataSpec) -> DataSpec:
+    return parse_data_spec(spec).train_split()
 
 
 def probe_sources(backbone: EvalBackbone, ranking: Ranking, steps: int, out_dir: Any,
@@ -154,7 +156,7 @@ def probe_sources(backbone: EvalBackbone, ranking: Ranking, steps: int, out_dir:
 
     splits = load_splits(ranking.target)
     device = resolve_device("auto")
-    transform = eval_transform(splits, None)
+    transform = eval_transform(splits, None, backbone.model)
     for i, score in enumerate(ranking.scores):
         model = copy.deepcopy(backbone.model)
         config = from_dict(StageConfig, {**(stage_settings or {}), "name": f"probe-{i}", "data": score.source,

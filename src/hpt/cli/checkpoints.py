@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from hpt.models import export_backbone, inspect_checkpoint
+from hpt.models import EXPORT_FORMATS, export_backbone, inspect_checkpoint
 from hpt.models.checkpoints import inspect_lines, load_refusal
 from hpt.models.truncate import export_truncated
 
@@ -34,14 +34,15 @@ def inspect_command(checkpoint: str, as_json: bool) -> None:
 
 @click.command("export")
 @click.argument("source")
-@click.option("--format", "fmt", type=click.Choice(["torchvision", "moco", "safetensors"]), default="torchvision",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(list(EXPORT_FORMATS)), default="torchvision", show_default=True,
+              help="torchvision and moco: ResNets; timm and safetensors: any backbone (timm's keys, LoRA merged).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="File to write.")
 @click.option("--truncate", type=click.Choice(["layer1", "layer2", "layer3"]), default=None,
               help="Keep only conv1/bn1 and layer1..this layer (torchvision or safetensors format). A truncated "
                    "backbone is for code that stops at that layer; hpt's commands (--base, --backbone) refuse it.")
 def export_command(source: str, fmt: str, out: Path, truncate: str | None) -> None:
-    """Write a backbone in a format other code loads (torchvision state dict, MoCo .pth.tar, safetensors).
+    """Write a backbone in a format other code loads (torchvision or timm state dict, MoCo .pth.tar, safetensors);
+    the written file is loaded back strictly before this reports it.
 
     With --truncate layerK only the stem and layer1..layerK are written (torchvision key names), for code that
     stops at layerK; in Python, hpt.models.truncate.load_truncated loads it."""
@@ -53,3 +54,5 @@ def export_command(source: str, fmt: str, out: Path, truncate: str | None) -> No
     click.echo(f"wrote {path} ({fmt})")
     if fmt == "torchvision":
         click.echo("load it with: model.load_state_dict(torch.load(path), strict=False)  # only fc.* is missing")
+    elif fmt == "timm":
+        click.echo("load it with: timm.create_model(NAME, num_classes=0).load_state_dict(torch.load(path))")

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from hpt.cli.backbone_options import architecture_options
 from hpt.cli.output import claim_out
 from hpt.eval import (
     FinetuneConfig,
@@ -32,10 +33,7 @@ def _common(func: F) -> F:
         click.option("--backbone", required=True,
                      help="Anything `hpt pretrain --base` accepts: a checkpoint file, named weights, or 'random'."),
         click.option("--data", required=True, help="Labelled data spec; train/val/test splits are taken from it."),
-        click.option("--arch", type=click.Choice(["resnet18", "resnet34", "resnet50"]), default=None,
-                     help="Architecture (default: the checkpoint's; needed with --backbone random)."),
-        click.option("--small-stem/--no-small-stem", default=None, help="3x3 stride-1 stem without max-pool."),
-        click.option("--width", type=int, default=None, help="Base width of layer1 (64 in torchvision)."),
+        *architecture_options("the checkpoint's; needed with --backbone random"),
         click.option("--image-size", type=int, default=None, help="Resize images to this side (default: theirs)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
         click.option("--out", type=click.Path(path_type=Path), default=None,

@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from hpt.cli.backbone_options import architecture_options
 from hpt.config import apply_overrides, field_at, nested
 from hpt.methods import METHODS
 from hpt.pretrain.config import StageConfig
@@ -68,6 +69,8 @@ def click_settings(hint: Any, default: Any, key: str, choices: Sequence[str] = (
         return {"multiple": True}
     if hint in (int, float, str):
         return {"type": hint, "default": default, **({"show_default": True} if default is not None else {})}
+    if isinstance(hint, type) and hasattr(hint, "from_config"):  # a value type given as a string (a data spec)
+        return {"type": str, "default": default, **({"show_default": True} if default is not None else {})}
     raise TypeError(f"{key}: no command-line option for a setting of type {hint} with default {default!r}")
 
 
@@ -77,16 +80,19 @@ PRETRAIN_OPTIONS: tuple[Setting | Callable[[F], F], ...] = (
                  help="'random', a checkpoint file, or named weights (e.g. torchvision:resnet50)."),
     click.option("--data", required=True, help="Data spec, e.g. npz:PATH?split=train or folder:PATH."),
     click.option("--steps", required=True, type=int, help="Budget in steps of one global batch."),
-    Setting("--train", "train", "all = HPT, bn = HPT-BN, bn-stats = re-estimate BatchNorm statistics only."),
-    click.option("--arch", type=click.Choice(["resnet18", "resnet34", "resnet50"]), default=None,
-                 help="Architecture (default: the checkpoint's; resnet50 for --base random)."),
-    click.option("--small-stem/--no-small-stem", default=None, help="3x3 stride-1 stem without max-pool (28-64 px)."),
-    click.option("--width", type=int, default=None, help="Base width of layer1 (64 in torchvision)."),
+    Setting("--train", "train", "all = HPT, bn = HPT-BN (BatchNorm affine only), norm = every norm layer's affine "
+            "(HPT-BN for any architecture), lora = LoRA adapters only (merged into the saved backbone), bn-stats = "
+            "re-estimate BatchNorm statistics only, none = no training."),
+    Setting("--last-blocks", "last_blocks",
+            "With --train bn, norm or lora: also train every parameter of the last N blocks (lora: ExPLoRA)."),
+    Setting("--lora-rank", "lora.rank", "Rank of the LoRA adapters (--train lora; more: --set lora.alpha=...)."),
+    *architecture_options("the checkpoint's; resnet50 for --base random"),
     click.option("--out", type=click.Path(path_type=Path), default=Path("runs/pretrain"), show_default=True),
     click.option("--name", default="target", show_default=True, help="Stage name (the sub-folder of --out)."),
     click.option("--resume", is_flag=True, help="Continue an interrupted run in --out."),
     Setting("--batch-size", "batch_size", "Global batch size."),
     Setting("--lr", "lr", "Learning rate for a global batch of 256."),
+    Setting("--optimizer", "optimizer", "sgd (the paper's) or adamw (ViTs and ConvNeXts; betas: --set adamw_betas=...)."),
     Setting("--precision", "precision"),
     Setting("--channels-last", "channels_last", "channels_last memory format."),
     Setting("--device", "device", "auto, cpu or cuda."),
@@ -137,8 +143,8 @@ OTHER_OPTIONS: dict[str, str] = {
 #: it. --budget auto also switches the guard on (it stops on the guard's signal).
 SWITCHES: dict[str, str] = {"stop": "stop_when_converged", "guard": "guard_on"}
 #: StageConfig fields with no option of their own: `--set KEY=VALUE` sets them (KEY dotted into a section).
-SET_ONLY: tuple[str, ...] = ("lr_reference_batch", "sgd_momentum", "weight_decay", "simclr", "byol", "batchnorm",
-                             "compile", "log_every", "keep_backbones", "continue_method")
+SET_ONLY: tuple[str, ...] = ("lr_reference_batch", "sgd_momentum", "adamw_betas", "weight_decay", "simclr", "byol", "batchnorm",
+                             "compile", "log_every", "keep_backbones", "continue_method", "mocov3", "dino")
 
 
 def pretrain_options(func: F) -> F:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from hpt.data.sampling import stratified_choice
-from hpt.data.spec import DataSpec, parse_data_spec
+from hpt.data.spec import DataSpec
 from hpt.errors import HptError
 
 log = logging.getLogger("hpt")
@@ -110,11 +110,11 @@ def _may_be_labelled(spec: DataSpec) -> bool:
     return True
 
 
-def without_heldout(data: str, evaluated: str | None, why: str) -> str:
-    """`data` with exclude_heldout=true when evaluation on `evaluated` (None: `data` itself) carves its val or test
-    from the train split that `data` pretrains on; `data` as it is otherwise."""
-    spec = parse_data_spec(data)
-    scored = spec if evaluated is None else parse_data_spec(evaluated)
+def without_heldout(spec: DataSpec, evaluated: DataSpec | None, why: str) -> DataSpec:
+    """`spec` with exclude_heldout=true when evaluation on `evaluated` (None: `spec` itself) carves its val or test
+    from the train split that `spec` pretrains on; `spec` as it is otherwise."""
+    data = spec
+    scored = spec if evaluated is None else evaluated
     if spec.exclude_heldout or spec.split != "train" or spec.kind == "wds" or not _same_files(spec, scored):
         return data
     try:
@@ -130,7 +130,7 @@ def without_heldout(data: str, evaluated: str | None, why: str) -> str:
         return data
     log.info("%s has no val or no test split: the images %s holds out of train as val/test are left out of "
              "pretraining (exclude_heldout=true)", data, why)
-    return replace(spec, exclude_heldout=True).describe()
+    return replace(spec, exclude_heldout=True)
 
 
 def _same_files(a: DataSpec, b: DataSpec) -> bool:

@@ -87,6 +87,30 @@ class DataSpec:
     def __str__(self) -> str:
         return self.describe()
 
+    def resolved(self, root: Path) -> DataSpec:
+        """This spec with a relative path taken relative to `root` (the folder of the config that names it)."""
+        return self if self.path.is_absolute() else dataclasses.replace(self, path=(Path(root) / self.path).resolve())
+
+    def train_split(self) -> DataSpec:
+        """The train split of the same data (its fraction or count kept)."""
+        return dataclasses.replace(self, split="train")
+
+    def whole_train_split(self) -> DataSpec:
+        """All of the train split of the same data: no fraction, no count."""
+        return dataclasses.replace(self, split="train", fraction=None, count=None)
+
+    @classmethod
+    def from_config(cls, value: Any, where: str = "data") -> DataSpec:
+        """A config value (a spec string, a mapping with kind and path, or a DataSpec) as a DataSpec."""
+        if value is None or isinstance(value, (bool, int, float, list)):
+            raise HptError(f"{where} must be a data spec like 'npz:PATH?split=train' or a mapping with kind and path, "
+                           f"got {value!r}")
+        return parse_data_spec(value)
+
+    def as_config(self) -> str:
+        """The config value of this spec (its canonical string), as written to YAML and JSON."""
+        return self.describe()
+
 
 def parse_data_spec(spec: str | Path | Mapping[str, Any] | DataSpec) -> DataSpec:
     """Parse a spec string, a YAML mapping or a DataSpec (returned as is) into a validated DataSpec."""
@@ -104,7 +128,7 @@ def parse_data_spec(spec: str | Path | Mapping[str, Any] | DataSpec) -> DataSpec
     )
 
 
-def moved_data(old: str, new: str) -> bool:
+def moved_data(old: str | DataSpec, new: str | DataSpec) -> bool:
     """True when spec `new` names the same data as `old`, moved: only the folder of its path (and csv root)
     differs, the file or folder name is the same, and `old`'s location no longer exists.
 

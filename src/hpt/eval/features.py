@@ -19,6 +19,7 @@ from hpt.device import cache_root
 from hpt.errors import HptError
 from hpt.eval.splits import LabelledSplits, SplitView
 from hpt.models import ResNet, build_backbone, weights_sha256
+from hpt.models.families import arch_of, describe, image_size_problem
 from hpt.models.inference import inference_copy
 
 log = logging.getLogger("hpt")
@@ -29,14 +30,18 @@ FEATURES_VERSION = 2  # bump when extraction changes, to invalidate cached featu
 class EvalBackbone:
     """A loaded backbone and what identifies it in results."""
 
-    model: ResNet
+    model: torch.nn.Module  # a ResNet, ViT or ConvNeXt (hpt.models.families)
     source: str
     format: str
     weights_sha256: str
 
     def record(self) -> dict[str, Any]:
-        return {"path": self.source, "format": self.format, "arch": self.model.arch, "width": self.model.width,
-                "small_stem": self.model.small_stem, "weights_sha256": self.weights_sha256}
+        shape: dict[str, Any] = {"arch": arch_of(self.model)}
+        if isinstance(self.model, ResNet):
+            shape.update(width=self.model.width, small_stem=self.model.small_stem)
+        else:
+            shape["architecture"] = describe(self.model)
+        return {"path": self.source, "format": self.format, **shape, "weights_sha256": self.weights_sha256}
 
 
 def load_eval_backbone(source: str, *, arch: str | None = None, small_stem: bool | None = None,
@@ -48,10 +53,17 @@ def load_eval_backbone(source: str, *, arch: str | None = None, small_stem: bool
     return EvalBackbone(model, source if info is None else info.path, fmt, weights_sha256(model))
 
 
-def eval_transform(splits: LabelledSplits, image_size: int | None) -> EvalTransform:
-    """Resize (when asked) and normalise with the training split's own channel statistics."""
-    mean, std = channel_stats(splits.train.dataset)
+def eval_transform(splits: LabelledSplits, image_size: int | None,
+                   model: torch.nn.Module | None = None) -> EvalTransform:
+    """Resize (when asked) and normalise with the training split's own channel statistics. With `model`: an
+    HptError, before any work, when images of that size do not fit it (a ViT needs a multiple of its patch size,
+    a ConvNeXt a minimum size; hpt.models.families.image_size_problem)."""
     size = image_size or splits.train.dataset.image_size[0]
+    problem = image_size_problem(model, size) if model is not None else ""
+    if problem:
+        given = "--image-size (eval.image_size)" if image_size else "the data's own size; set --image-size"
+        raise HptError(f"cannot evaluate at {size} px ({given}): {problem}")
+    mean, std = channel_stats(splits.train.dataset)
     return EvalTransform(mean, std, size)
 
 
@@ -71,12 +83,12 @@ def check_unchanged(before: dict[str, torch.Tensor], model: torch.nn.Module) -> 
 
 
 @torch.no_grad()
-def extract_features(model: ResNet, view: SplitView, transform: EvalTransform, device: torch.device,
+def extract_features(model: torch.nn.Module, view: SplitView, transform: EvalTransform, device: torch.device,
                      batch_size: int = 256) -> np.ndarray:
     """Globally pooled features (N, D) float32 of a split, BatchNorm in eval mode, in the view's order.
 
-    Runs a copy of the model with BatchNorm folded into its convolutions (channels_last): the model itself is
-    left untouched."""
+    Runs an inference copy of the model (a ResNet's BatchNorm folded into its convolutions, channels_last for
+    convolutional families: hpt.models.inference): the model itself is left untouched."""
     fused = inference_copy(model.to(device))
     transform = transform.to(device)
     out = []

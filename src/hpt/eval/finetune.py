@@ -27,7 +27,6 @@ from hpt.eval.common import loss_function, milestones, new_head, write_outputs
 from hpt.eval.features import EvalBackbone, eval_transform
 from hpt.eval.result import BestVal, SeedRun, summarize
 from hpt.eval.splits import LabelledSplits, SplitView
-from hpt.models import ResNet
 
 log = logging.getLogger("hpt")
 
@@ -94,9 +93,9 @@ def labelled_subset(splits: LabelledSplits, n: int | None, seed: int) -> np.ndar
 
 
 class Classifier(nn.Module):
-    """Backbone + linear head."""
+    """Backbone (any family: its forward gives the pooled features) + linear head."""
 
-    def __init__(self, backbone: ResNet, head: nn.Linear) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Linear) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
 
@@ -124,7 +123,7 @@ def finetune_run(backbone: EvalBackbone, splits: LabelledSplits, config: Finetun
                                                                seed)).to(device).train()
     for p in model.parameters():
         p.requires_grad_(True)
-    transform = eval_transform(splits, config.image_size).to(device)
+    transform = eval_transform(splits, config.image_size, backbone.model).to(device)
     size = transform.image_size
     augment = nn.Sequential(K.RandomResizedCrop((size, size), scale=config.crop_scale),
                             K.RandomHorizontalFlip()).to(device)

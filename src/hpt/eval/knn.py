@@ -63,7 +63,7 @@ def knn_eval(backbone: EvalBackbone, splits: LabelledSplits, config: KnnConfig,
     """kNN with the training split as the bank; val is scored and recorded too (nothing is selected on it)."""
     started = time.time()
     device = resolve_device(config.device)
-    transform = eval_transform(splits, config.image_size).to(device)
+    transform = eval_transform(splits, config.image_size, backbone.model).to(device)
     feats = split_features(backbone, splits, transform, device, cache=config.cache_features)
     bank = torch.from_numpy(feats["train"]).to(device)
     bank_labels = torch.from_numpy(np.ascontiguousarray(splits.train.labels)).to(device)

@@ -96,7 +96,7 @@ def linear_eval(backbone: EvalBackbone, splits: LabelledSplits, config: LinearCo
     started = time.time()
     device = resolve_device(config.device)
     model = backbone.model.to(device).eval()
-    transform = eval_transform(splits, config.image_size).to(device)
+    transform = eval_transform(splits, config.image_size, model).to(device)
     before = snapshot(model)
     feats = split_features(backbone, splits, transform, device, cache=config.cache_features)
     train_x = torch.from_numpy(feats["train"]).to(device)

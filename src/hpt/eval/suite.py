@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from hpt.data import moved_data
+from torch import nn
+
+from hpt.data import DataSpec, moved_data, parse_data_spec
 from hpt.errors import HptError
 from hpt.eval.curve import write_json
 from hpt.eval.features import EvalBackbone
@@ -22,7 +24,7 @@ from hpt.eval.linear import LinearConfig, linear_eval
 from hpt.eval.result import headline
 from hpt.eval.splits import LabelledSplits, load_splits
 from hpt.metrics_log import append_result
-from hpt.models import ResNet, weights_sha256
+from hpt.models import weights_sha256
 
 log = logging.getLogger("hpt")
 PROTOCOLS = ("linear", "finetune", "knn")
@@ -32,7 +34,7 @@ PROTOCOLS = ("linear", "finetune", "knn")
 class EvalSuiteConfig:
     """Which protocols to run on which labelled data (default: the last stage's data), with their settings."""
 
-    data: str | None = None
+    data: DataSpec | None = None
     protocols: list[str] = field(default_factory=lambda: ["linear"])
     start: bool = True  # also evaluate the backbone the chain starts from (the Base)
     image_size: int | None = None  # None: the last stage's augment.image_size, else the data's own
@@ -42,6 +44,7 @@ class EvalSuiteConfig:
     knn: KnnConfig = field(default_factory=KnnConfig)
 
     def __post_init__(self) -> None:
+        self.data = None if self.data is None else parse_data_spec(self.data)
         unknown = [p for p in self.protocols if p not in PROTOCOLS]
         if unknown or not self.protocols:
             raise HptError(f"eval.protocols: unknown {', '.join(unknown) or '(empty list)'}; "
@@ -66,7 +69,7 @@ class EvalSuite:
             log.info("eval data %s: %s", self._splits.spec.describe(), self._splits.describe())
         return self._splits
 
-    def evaluate(self, name: str, model: ResNet, source: str, fmt: str,
+    def evaluate(self, name: str, model: nn.Module, source: str, fmt: str,
                  out_dir: Path | None = None) -> list[dict[str, Any]]:
         """Every protocol on one backbone (copied, so the caller's model is never touched); finished ones reused.
         Results go under out_dir (default: the suite's)."""
@@ -95,7 +98,7 @@ class EvalSuite:
 
     def _settings(self, protocol: str) -> dict[str, Any]:
         cfg = {"linear": self._linear_config, "finetune": self._finetune_config, "knn": self._knn_config}[protocol]()
-        return json.loads(json.dumps({"data": self.config.data, **asdict(cfg)}))  # as it reads back from JSON
+        return json.loads(json.dumps({"data": str(self.config.data), **asdict(cfg)}))  # as it reads back from JSON
 
     def _linear_config(self) -> LinearConfig:
         return _with(self.config.linear, **self._common())

@@ -6,13 +6,13 @@ one file describes a target and all of its studies; runs that several studies sh
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from hpt.augment import AUGMENTATIONS
 from hpt.config import apply_overrides, from_dict, load_yaml
-from hpt.data import parse_data_spec
+from hpt.data import DataSpec, parse_data_spec
 from hpt.errors import HptError
 from hpt.eval.suite import EvalSuiteConfig
 from hpt.pretrain.config import RUNTIME_KEYS
@@ -83,9 +83,9 @@ class SweepConfig:
 class ExperimentConfig:
     """What `hpt experiment KIND file.yaml` reads."""
 
-    target: str  # labelled target data: its train split is pretrained on, its splits evaluate
+    target: DataSpec  # labelled target data: its train split is pretrained on, its splits evaluate
     base: BaseConfig = field(default_factory=BaseConfig)
-    source: str | list[str] | None = None  # for the sequential experiment: one source, or several candidates
+    source: DataSpec | list[DataSpec] | None = None  # for the sequential experiment: one source, or several candidates
     name: str = "experiment"
     out: str | None = None  # relative to the file; --out overrides
     # Where stage runs live (default OUT/stages): experiment files that name the same folder share runs, e.g. one
@@ -112,6 +112,11 @@ class ExperimentConfig:
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.target = parse_data_spec(self.target)
+        if isinstance(self.source, list):
+            self.source = [parse_data_spec(spec) for spec in self.source]
+        elif self.source is not None:
+            self.source = parse_data_spec(self.source)
         for key in self.defaults:
             if key not in STAGE_KEYS or key in FIXED_KEYS:
                 raise HptError(f"defaults.{key} is not a stage setting an experiment may set; valid: "
@@ -138,11 +143,11 @@ class ExperimentConfig:
             raise HptError("source is an empty list; give one data spec or a list of candidate sources")
 
     @property
-    def sources(self) -> list[str]:
+    def sources(self) -> list[DataSpec]:
         """The source data specs (none, one, or several candidates)."""
         if self.source is None:
             return []
-        return [self.source] if isinstance(self.source, str) else list(self.source)
+        return list(self.source) if isinstance(self.source, list) else [self.source]
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -158,11 +163,11 @@ def parse_experiment(raw: dict[str, Any], root: Path | None = None) -> Experimen
         raise HptError("the experiment has no 'target'; give the labelled target data, e.g. target: npz:target.npz")
     if root is not None:
         if raw.get("target") is not None:
-            raw["target"] = _resolve(raw["target"], root)
+            raw["target"] = parse_data_spec(raw["target"]).resolved(root)
         if isinstance(raw.get("source"), list):
-            raw["source"] = [_resolve(spec, root) for spec in raw["source"]]
+            raw["source"] = [parse_data_spec(spec).resolved(root) for spec in raw["source"]]
         elif raw.get("source") is not None:
-            raw["source"] = _resolve(raw["source"], root)
+            raw["source"] = parse_data_spec(raw["source"]).resolved(root)
         base = raw.get("base")
         if isinstance(base, dict) and isinstance(base.get("checkpoint"), str) and (root / base["checkpoint"]).exists():
             raw["base"] = {**base, "checkpoint": str((root / base["checkpoint"]).resolve())}
@@ -174,19 +179,10 @@ def parse_experiment(raw: dict[str, Any], root: Path | None = None) -> Experimen
                 raw[key] = str((root / raw[key]).resolve())
     section = dict(raw.get("eval") or {})
     if section.get("data") is not None and root is not None:
-        section["data"] = _resolve(section["data"], root)
-    section.setdefault("data", _whole_train(raw["target"]))
+        section["data"] = parse_data_spec(section["data"]).resolved(root)
+    section.setdefault("data", parse_data_spec(raw["target"]).whole_train_split())
     augment = (raw.get("defaults") or {}).get("augment") or {}
     if section.get("image_size") is None and isinstance(augment, dict) and augment.get("image_size"):
         section["image_size"] = augment["image_size"]
     raw["eval"] = section
     return from_dict(ExperimentConfig, raw)
-
-
-def _resolve(data: Any, root: Path) -> str:
-    spec = parse_data_spec(data)
-    return spec.describe() if spec.path.is_absolute() else replace(spec, path=(root / spec.path).resolve()).describe()
-
-
-def _whole_train(data: Any) -> str:
-    return replace(parse_data_spec(data), split="train", fraction=None, count=None).describe()

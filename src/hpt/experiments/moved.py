@@ -48,9 +48,9 @@ def existing_stage_ids(variant: Variant, stages: Path) -> list[str]:
 
 
 def _data_specs(stage: StageConfig) -> list[str]:
-    specs = [stage.data]
+    specs = [str(stage.data)]
     if stage.stop is not None and stage.stop.data:
-        specs.append(stage.stop.data)
+        specs.append(str(stage.stop.data))
     return specs
 
 
@@ -89,8 +89,8 @@ def _with_data(variant: Variant, old_paths: dict[str, str]) -> Variant:
     """The variant with every data spec in `old_paths` put back to its old location."""
     stages = []
     for stage in variant.stages:
-        changes: dict[str, Any] = {"data": old_paths.get(stage.data, stage.data)}
+        changes: dict[str, Any] = {"data": old_paths.get(str(stage.data), stage.data)}
         if stage.stop is not None and stage.stop.data:
-            changes["stop"] = replace(stage.stop, data=old_paths.get(stage.stop.data, stage.stop.data))
+            changes["stop"] = replace(stage.stop, data=old_paths.get(str(stage.stop.data), stage.stop.data))
         stages.append(replace(stage, **changes))
     return replace(variant, stages=stages)

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from hpt.config import deep_merge, from_dict
-from hpt.data import parse_data_spec
+from hpt.data import DataSpec
 from hpt.data.heldout import without_heldout
 from hpt.errors import HptError
 from hpt.experiments.config import ExperimentConfig
-from hpt.models import inspect_checkpoint
-from hpt.pretrain.config import StageConfig
+from hpt.experiments.family import NormTraining, norm_training, random_start
+from hpt.pretrain.config import TRAINING_MODES, StageConfig
 from hpt.pretrain.hierarchy import BaseConfig
 
 KINDS = ("compare", "sequential", "augment", "datasize", "convergence", "bases", "sweep")
@@ -56,7 +56,7 @@ class Variant:
 
     def _trained(self) -> list[tuple[int, int]]:
         """(steps, batch size) of every gradient stage, the last one cut at the snapshot."""
-        out = [(s.steps, s.batch_size) for s in self.stages if s.train in ("all", "bn")]
+        out = [(s.steps, s.batch_size) for s in self.stages if s.train in TRAINING_MODES]
         if self.snapshot is not None and out:
             out[-1] = (self.snapshot, out[-1][1])
         return out
@@ -118,19 +118,21 @@ class _Builder:
     def __init__(self, config: ExperimentConfig) -> None:
         self.config = config
         self.target_data = self.pretraining_data(config.target)
+        self._random: BaseConfig | None = None
+        self._norm: NormTraining | None = None
 
-    def pretraining_data(self, data: str) -> str:
+    def pretraining_data(self, data: DataSpec) -> DataSpec:
         """The train split of `data`, without the images evaluation holds out of it as val/test (when the data has
         no such split and evaluation scores the same data)."""
         evaluated = self.config.eval.data or self.config.target
-        return without_heldout(_train_split(data), evaluated, f"evaluation ({evaluated})")
+        return without_heldout(data.train_split(), evaluated, f"evaluation ({evaluated})")
 
-    def stage(self, name: str, data: str, steps: int, train: str = "all", recipe: str | None = None,
+    def stage(self, name: str, data: DataSpec, steps: int, train: str = "all", recipe: str | None = None,
               **extra: Any) -> StageConfig:
         """A stage: the defaults, then the recipe of its kind (target, hpt, hpt_bn, source), then `extra`."""
         settings = deep_merge(self.config.defaults, self.config.recipes.get(recipe or "") or {})
         settings = deep_merge(settings, {"name": name, "data": data, "steps": steps, "train": train})
-        if self.config.convergence_mode == "snapshots" and train in ("all", "bn"):
+        if self.config.convergence_mode == "snapshots" and train in TRAINING_MODES:
             # A runtime setting (not part of the stage's id): any run may later serve as a convergence curve.
             settings["keep_backbones"] = [k for k in self.config.convergence_steps if k < steps]
         settings = deep_merge(settings, extra)
@@ -147,34 +149,38 @@ class _Builder:
         return replace(self.config.base, checkpoint=checkpoint) if checkpoint else self.config.base
 
     def random(self) -> BaseConfig:
-        """Random weights of the base's architecture (Target's start)."""
-        base = self.config.base
-        if base.checkpoint == "random":
-            return base
-        spec = inspect_checkpoint(base.checkpoint).spec
-        if spec is None:
-            raise HptError(f"cannot tell the architecture of {base.checkpoint}; set base.arch, small_stem, width")
-        return BaseConfig("random", spec.arch, spec.small_stem, spec.width, base.seed)
+        """Random weights of the base's architecture (Target's start; hpt.experiments.family.random_start)."""
+        if self._random is None:
+            self._random = random_start(self.config.base, batchnorm=self.norm().train == "bn")
+        return self._random
 
-    def base_variant(self, experiment: str, label: str = "Base", data: str | None = None,
+    def norm(self) -> NormTraining:
+        """How the HPT-BN row trains the base: BatchNorm affine (HPT-BN), or every norm layer's (HPT-norm) for a
+        base without BatchNorm (hpt.experiments.family)."""
+        if self._norm is None:
+            self._norm = norm_training(self.config.base)
+        return self._norm
+
+    def base_variant(self, experiment: str, label: str = "Base", data: DataSpec | None = None,
                      checkpoint: str | None = None, **kw: Any) -> Variant:
         stats = self.stage("bn-stats", data or self.target_data, self.config.budgets.bn_stats, "bn-stats")
         return Variant(experiment, label, self.base(checkpoint), [stats], **kw)
 
-    def hpt(self, experiment: str, label: str = "HPT", steps: int | None = None, data: str | None = None,
+    def hpt(self, experiment: str, label: str = "HPT", steps: int | None = None, data: DataSpec | None = None,
             start: BaseConfig | None = None, prefix: list[StageConfig] | None = None, **kw: Any) -> Variant:
         # the variant's own settings (an augmentation level, a swept value) over the budgets' HPT settings
         extra = deep_merge(self.hpt_settings(self.config.budgets.hpt_lr), kw.pop("stage_extra", {}))
         stage = self.stage("target", data or self.target_data, steps or self.config.budgets.hpt, "all", "hpt", **extra)
         return Variant(experiment, label, start or self.base(), [*(prefix or []), stage], **kw)
 
-    def hpt_bn(self, experiment: str, steps: int | None = None, data: str | None = None, **kw: Any) -> Variant:
+    def hpt_bn(self, experiment: str, steps: int | None = None, data: DataSpec | None = None, **kw: Any) -> Variant:
         extra = self.hpt_settings(self.config.budgets.hpt_bn_lr)
-        stage = self.stage("target-bn", data or self.target_data, steps or self.config.budgets.hpt_bn, "bn", "hpt_bn",
-                           **extra)
-        return Variant(experiment, "HPT-BN", self.base(), [stage], **kw)
+        norm = self.norm()
+        stage = self.stage(norm.stage, data or self.target_data, steps or self.config.budgets.hpt_bn, norm.train,
+                           "hpt_bn", **extra)
+        return Variant(experiment, norm.label, self.base(), [stage], **kw)
 
-    def target(self, experiment: str, steps: int | None = None, data: str | None = None, **kw: Any) -> Variant:
+    def target(self, experiment: str, steps: int | None = None, data: DataSpec | None = None, **kw: Any) -> Variant:
         extra = kw.pop("stage_extra", {})
         stage = self.stage("target", data or self.target_data, steps or self.config.budgets.target, "all", "target",
                            **extra)
@@ -185,6 +191,8 @@ class _Builder:
 
 
 def _compare(config: ExperimentConfig) -> list[Variant]:
+    """Random, Base, Target, HPT and HPT-BN; HPT-norm instead of HPT-BN for a base without BatchNorm (a ViT, a
+    ConvNeXt: hpt.experiments.family)."""
     b = _Builder(config)
     rows = [b.random_variant("compare")] if config.include_random else []
     return rows + [b.base_variant("compare"), b.target("compare"), b.hpt("compare"), b.hpt_bn("compare")]
@@ -205,9 +213,9 @@ def _sequential(config: ExperimentConfig) -> list[Variant]:
     return [b.base_variant("sequential", "B"), *with_source, b.hpt("sequential", "B+T"), *with_both]
 
 
-def source_name(spec: str) -> str:
+def source_name(spec: DataSpec) -> str:
     """A short name of a data spec: its file or folder name without the extension."""
-    return parse_data_spec(spec).path.stem
+    return spec.path.stem
 
 
 def _augment(config: ExperimentConfig) -> list[Variant]:
@@ -224,9 +232,9 @@ def _datasize(config: ExperimentConfig) -> list[Variant]:
     b = _Builder(config)
     rows = []
     for fraction in config.fractions:
-        data = b.target_data if fraction == 1 else replace(parse_data_spec(b.target_data), fraction=fraction).describe()
+        data = b.target_data if fraction == 1 else replace(b.target_data, fraction=fraction)
         rows.append(b.hpt("datasize", data=data, series="HPT", x=fraction))
-        rows.append(b.hpt_bn("datasize", data=data, series="HPT-BN", x=fraction))
+        rows.append(b.hpt_bn("datasize", data=data, series=b.norm().label, x=fraction))
         rows.append(b.target("datasize", data=data, series="Target", x=fraction))
         rows.append(b.base_variant("datasize", data=data, series="Base", x=fraction))
     return rows
@@ -279,6 +287,3 @@ def nested(path: str, value: Any) -> dict[str, Any]:
         settings = {part: settings}
     return settings
 
-
-def _train_split(data: str) -> str:
-    return replace(parse_data_spec(data), split="train").describe()

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from hpt import distributed
 from hpt.atomic import atomic_write_text
 from hpt.errors import HptError
@@ -23,7 +25,8 @@ from hpt.eval.suite import EvalSuite
 from hpt.experiments.config import ExperimentConfig
 from hpt.experiments.moved import existing_stage_ids
 from hpt.experiments.plan import Variant, expand
-from hpt.models import ResNet, build_backbone
+from hpt.models import build_backbone
+from hpt.pretrain.config import TRAINING_MODES
 from hpt.pretrain.stage import run_stage
 
 log = logging.getLogger("hpt")
@@ -94,7 +97,7 @@ def run_variant(variant: Variant, out: Path, suite: EvalSuite, info: distributed
     return [{**_row(variant, record, pretrain_s, result_id), **health} for record in records]
 
 
-def _snapshot(path: Path) -> ResNet:
+def _snapshot(path: Path) -> nn.Module:
     if not path.exists():
         raise HptError(f"{path} is missing: that stage was trained before snapshots were asked for; delete its "
                        f"folder {path.parent.parent} to train it again with them, or use convergence_mode: budgets")
@@ -113,7 +116,7 @@ def stage_health(variant: Variant, summaries: list[dict[str, Any]]) -> dict[str,
     """The last gradient stage's collapse warning and guard: {"collapse": None or {"step", "spread"}, "guard": None
     or its signal, kept_step, kept_value, reason, rolled_back}. Only a collapse before the evaluated backbone counts:
     a snapshot's step, or the step a guard rolled back to. A snapshot has no guard (the guard chose the final one)."""
-    trained = [i for i, stage in enumerate(variant.stages) if stage.train in ("all", "bn")]
+    trained = [i for i, stage in enumerate(variant.stages) if stage.train in TRAINING_MODES]
     if not trained or len(summaries) <= trained[-1]:
         return {"collapse": None, "guard": None}
     summary = summaries[trained[-1]]

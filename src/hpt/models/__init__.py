@@ -1,15 +1,14 @@
-"""ResNet backbones with torchvision-compatible keys, and strict checkpoint loading/saving/export."""
+"""Backbones (ResNet with torchvision keys; ViT and ConvNeXt with timm keys) and strict checkpoint loading,
+saving and export."""
 
 from hpt.models.checkpoints import (
-    EXPORT_FORMATS,
     CheckpointInfo,
     build_backbone,
-    export_backbone,
     inspect_checkpoint,
     load_backbone,
-    save_backbone,
-    weights_sha256,
 )
+from hpt.models.convnext import CONVNEXT_ARCHS, ConvNeXt, build_convnext
+from hpt.models.families import FAMILIES, arch_of, build_random, family_of
 from hpt.models.formats import (
     FORMATS,
     BackboneSpec,
@@ -30,22 +29,40 @@ from hpt.models.resnet import (
     build_resnet,
     set_bn_splits,
 )
+from hpt.models.saving import (
+    EXPORT_FORMATS,
+    export_backbone,
+    save_backbone,
+    weights_sha256,
+)
+from hpt.models.vit import VIT_CONFIGS, VisionTransformer, VitConfig, build_vit
 
 __all__ = [
     "ARCHS",
+    "CONVNEXT_ARCHS",
     "EXPORT_FORMATS",
+    "FAMILIES",
     "FORMATS",
     "NAMED_WEIGHTS",
+    "VIT_CONFIGS",
     "BackboneSpec",
     "CheckpointInfo",
+    "ConvNeXt",
     "NamedWeight",
     "ResNet",
     "SplitBatchNorm2d",
+    "VisionTransformer",
+    "VitConfig",
+    "arch_of",
     "build_backbone",
+    "build_convnext",
+    "build_random",
     "build_resnet",
+    "build_vit",
     "default_cache_dir",
     "export_backbone",
     "extract_backbone",
+    "family_of",
     "infer_spec",
     "inspect_checkpoint",
     "load_backbone",

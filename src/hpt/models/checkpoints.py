@@ -8,17 +8,22 @@ backbone are the ``fc``/projection-head, momentum-encoder and queue keys that
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from hpt.atomic import atomic_write
 from hpt.errors import HptError
+from hpt.models.families import (
+    arch_of,
+    build_random,
+    describe,
+    family_of_checkpoint,
+    load_family_checkpoint,
+)
 from hpt.models.formats import (
     BackboneSpec,
     _is_safetensors,
@@ -29,9 +34,7 @@ from hpt.models.formats import (
 from hpt.models.named import NAMED_WEIGHTS, resolve_named
 from hpt.models.resnet import ARCHS, ResNet, build_resnet
 
-EXPORT_FORMATS = ("torchvision", "moco", "safetensors")
 _SHOW = 10  # keys listed per category in error messages
-_RESERVED_META = ("format", "arch", "small_stem", "width")
 
 
 @dataclass
@@ -58,12 +61,13 @@ class CheckpointInfo:
 
     path: str
     format: str  # one of formats.FORMATS
-    spec: BackboneSpec | None  # None when the backbone keys are not a recognised ResNet
+    spec: BackboneSpec | None  # a ResNet's; None for other families, or keys that are not a recognised ResNet
     num_params: int  # backbone parameters (no fc/head, no BN running statistics)
     backbone_keys: int
     ignored_keys: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
     load_check: LoadCheck | None = None  # set by inspect_checkpoint
+    architecture: str = ""  # a ViT's or ConvNeXt's architecture in words (a ResNet's is its spec)
 
     def describe(self) -> str:
         """A few human-readable lines (for ``hpt inspect``-style output)."""
@@ -71,7 +75,7 @@ class CheckpointInfo:
         lines = [
             f"path:      {self.path}",
             f"format:    {self.format}",
-            f"backbone:  {self.spec if self.spec else 'not a recognised ResNet'}",
+            f"backbone:  {self.spec or self.architecture or 'not a recognised ResNet'}",
             f"params:    {self.num_params:,} in {self.backbone_keys} backbone keys",
             f"ignored:   {len(self.ignored_keys)} keys" + (f" ({ignored})" if ignored else ""),
         ]
@@ -92,10 +96,11 @@ def _count_params(state: Mapping[str, Tensor]) -> int:
     return sum(int(v.numel()) for k, v in state.items() if not k.endswith(stats))
 
 
-def _open(source: str | Path, cache_dir: Path | None = None) -> tuple[dict[str, Tensor], CheckpointInfo]:
-    """Read a file or named weights; return its backbone state and description."""
+def _open(source: str | Path, cache_dir: Path | None = None, read: tuple[Any, dict[str, str]] | None = None
+          ) -> tuple[dict[str, Tensor], CheckpointInfo]:
+    """Read a file or named weights (or take what was read: `read`); return its ResNet state and description."""
     path = _resolve_source(source, cache_dir)
-    obj, meta = read_state_dict(path)
+    obj, meta = read if read is not None else read_state_dict(path)
     state, fmt, ignored = extract_backbone(obj, where=str(path))
     if fmt != "hpt-state" and _is_safetensors(path):  # the container decides: any key layout inside
         fmt = "safetensors"
@@ -107,6 +112,19 @@ def _open(source: str | Path, cache_dir: Path | None = None) -> tuple[dict[str, 
     return state, info
 
 
+def _open_family(source: str | Path, path: Path, obj: Any, meta: dict[str, str], family: str,
+                 num_heads: int | None = None) -> tuple[torch.nn.Module, CheckpointInfo]:
+    """Build and strictly load a ViT or ConvNeXt checkpoint; return the model and its description."""
+    named = NAMED_WEIGHTS.get(source) if isinstance(source, str) else None
+    heads = num_heads if num_heads is not None else named.num_heads if named is not None else None
+    model, layout, dropped = load_family_checkpoint(obj, family, meta, str(path), num_heads=heads)
+    fmt = "safetensors" if _is_safetensors(path) else layout  # the container decides, as for ResNets
+    state = model.state_dict()
+    info = CheckpointInfo(str(path), fmt, None, _count_params(state), len(state), dropped, meta,
+                          architecture=f"{arch_of(model)}: {describe(model)}")
+    return model, info
+
+
 def inspect_checkpoint(source: str | Path) -> CheckpointInfo:
     """Describe a checkpoint file or named weights (format, inferred architecture, key counts, loadability).
 
@@ -114,8 +132,18 @@ def inspect_checkpoint(source: str | Path) -> CheckpointInfo:
     ``spec`` is None when such keys exist but do not form a supported ResNet. ``load_check`` says whether the
     backbone loads strictly into the architecture detected (or, failing that, claimed by the metadata).
     """
-    state, info = _open(source)
-    info.load_check = check_loadable(state, info)
+    path = _resolve_source(source)
+    obj, meta = read_state_dict(path)
+    family = family_of_checkpoint(obj)
+    if family == "resnet":
+        state, info = _open(source, read=(obj, meta))
+        info.load_check = check_loadable(state, info)
+        return info
+    try:
+        _, info = _open_family(source, path, obj, meta, family)
+    except HptError as err:
+        return CheckpointInfo(str(path), family, None, 0, 0, [], meta, LoadCheck(None, False, problem=str(err)))
+    info.load_check = LoadCheck(info.architecture, True)
     return info
 
 
@@ -262,21 +290,32 @@ def build_backbone(
     small_stem: bool | None = None,
     width: int | None = None,
     cache_dir: Path | None = None,
-) -> tuple[ResNet, CheckpointInfo | None]:
-    """Build the backbone for ``--base``: ``"random"``, a named weight, or a checkpoint file.
+    num_heads: int | None = None,
+) -> tuple[torch.nn.Module, CheckpointInfo | None]:
+    """Build the backbone for ``--base``: ``"random"``, a named weight, or a checkpoint file (any family).
 
     With weights, the architecture comes from the checkpoint; explicit ``arch``/``small_stem``/``width``
-    must agree with it. The model has no ``fc``.
+    must agree with it. The model has no classifier. ``num_heads``: a ViT's head count, which its weights do not
+    hold (default: what an hpt file or the named weights record, else embed_dim // 64).
     """
     if base == "random":
-        model = build_resnet(arch or "resnet50", small_stem=bool(small_stem), width=64 if width is None else width)
-        return model, None
+        return build_random(arch or "resnet50", small_stem=bool(small_stem), width=width), None
     if base not in NAMED_WEIGHTS and not Path(base).exists():
         raise HptError(
             f"no such file or named weights: {base}; named weights are: {', '.join(NAMED_WEIGHTS)} "
             "(or pass 'random' for a randomly initialised model)"
         )
-    state, info = _open(base, cache_dir)
+    path = _resolve_source(base, cache_dir)
+    obj, meta = read_state_dict(path)
+    family = family_of_checkpoint(obj)
+    if family != "resnet":
+        model, family_info = _open_family(base, path, obj, meta, family, num_heads)
+        if small_stem or width is not None or (arch is not None and arch != arch_of(model)):
+            raise HptError(f"the checkpoint {path} is a {family_info.architecture}, not the model asked for "
+                           f"(arch={arch}, small_stem={small_stem}, width={width}); omit --arch, --small-stem and "
+                           "--width to use the checkpoint's architecture")
+        return model, family_info
+    state, info = _open(base, cache_dir, read=(obj, meta))
     if info.spec is None:
         infer_spec(state)  # raises the HptError that says what is wrong
         raise AssertionError("unreachable")
@@ -290,67 +329,6 @@ def build_backbone(
             f"the checkpoint {info.path} is a {info.spec} but the model asked for is {wanted}; "
             f"{_flag_hint(info.spec, wanted)}"
         )
-    model = build_resnet(info.spec.arch, small_stem=info.spec.small_stem, width=info.spec.width)
-    _load_state(model, state, info)
-    return model, info
-
-
-def _write_bytes(f: IO[bytes], data: bytes) -> None:
-    f.write(data)
-
-
-def _backbone_state(model: ResNet) -> dict[str, Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith("fc.")}
-
-
-def save_backbone(model: ResNet, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Save the backbone (no ``fc``) as safetensors with torchvision key names, atomically.
-
-    Metadata: ``format="hpt-backbone"``, ``arch``, ``small_stem``, ``width`` plus the caller's entries
-    (which may not override those four).
-    """
-    from safetensors.torch import save
-
-    meta = {"format": "hpt-backbone", "arch": model.arch, "small_stem": str(model.small_stem), "width": str(model.width)}
-    for k, v in (metadata or {}).items():
-        if k in _RESERVED_META and str(v) != meta[k]:
-            raise ValueError(f"metadata key {k!r} is reserved (it is {meta[k]!r} for this model)")
-        meta[str(k)] = str(v)
-    data = save(_backbone_state(model), metadata=meta)
-    atomic_write(Path(path), lambda f: _write_bytes(f, data))
-
-
-def export_backbone(source: str | Path, out: Path, fmt: str) -> Path:
-    """Export a checkpoint's backbone (validated by a strict load) for use outside hpt; return ``out``.
-
-    * ``"torchvision"``: ``torch.save(state_dict)`` with torchvision key names and no ``fc``; load it with
-      ``torchvision.models.resnet50().load_state_dict(sd, strict=False)``: the only missing keys are ``fc.*``.
-    * ``"moco"``: ``{"state_dict": {"module.encoder_q." + key: ...}, "arch": arch}`` like a MoCo ``.pth.tar``
-      (MoCo's ``main_lincls.py --pretrained`` reads it).
-    * ``"safetensors"``: as :func:`save_backbone`.
-    """
-    if fmt not in EXPORT_FORMATS:
-        raise HptError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
-    state, info = _open(source)
-    if info.spec is None:
-        infer_spec(state)  # raises with the reason
-        raise AssertionError("unreachable")
-    model = build_resnet(info.spec.arch, small_stem=info.spec.small_stem, width=info.spec.width)
-    _load_state(model, state, info)
-    out = Path(out)
-    if fmt == "safetensors":
-        save_backbone(model, out, {"exported_from": Path(info.path).name, "source_format": info.format})
-        return out
-    sd = _backbone_state(model)
-    obj: Any = sd if fmt == "torchvision" else {"state_dict": {"module.encoder_q." + k: v for k, v in sd.items()}, "arch": model.arch}
-    atomic_write(out, lambda f: torch.save(obj, f))
-    return out
-
-
-def weights_sha256(module: torch.nn.Module) -> str:
-    """A hash of every tensor of a module's state dict (keys sorted)."""
-    digest = hashlib.sha256()
-    for key, tensor in sorted(module.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    resnet = build_resnet(info.spec.arch, small_stem=info.spec.small_stem, width=info.spec.width)
+    _load_state(resnet, state, info)
+    return resnet, info

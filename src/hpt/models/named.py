@@ -1,4 +1,4 @@
-"""Named pretrained weights (torchvision, MoCo) resolved through the torch.hub checkpoint cache."""
+"""Named pretrained weights (torchvision, MoCo, DINOv2, MAE, timm) resolved through the torch.hub checkpoint cache."""
 
 from __future__ import annotations
 
@@ -18,11 +18,13 @@ class NamedWeight:
     arch: str
     description: str
     hash_prefix: str | None = None  # leading hex digits of the file's sha256 (torchvision names carry it)
+    num_heads: int | None = None  # a ViT's attention heads (its weights do not say)
+    cache_name: str | None = None  # the cache file's name where the URL's last component is not unique (timm's)
 
     @property
     def filename(self) -> str:
-        """The cache file name (the URL's last path component, as torch.hub uses)."""
-        return self.url.rsplit("/", 1)[-1]
+        """The cache file name (the URL's last path component, as torch.hub uses, unless cache_name is set)."""
+        return self.cache_name or self.url.rsplit("/", 1)[-1]
 
 
 _TV = "https://download.pytorch.org/models/"
@@ -43,6 +45,42 @@ NAMED_WEIGHTS: dict[str, NamedWeight] = {
         _MOCO + "moco_v2_800ep/moco_v2_800ep_pretrain.pth.tar", "resnet50", "MoCo v2, 800 epochs on ImageNet (the paper's Base)"
     ),
 }
+_DINOV2 = "https://dl.fbaipublicfiles.com/dinov2/"
+_HF = "https://huggingface.co/timm/"
+
+
+def _dinov2(size: str, dim_heads: int, reg: bool = False) -> NamedWeight:
+    name = f"dinov2_vit{size}14" + ("_reg4" if reg else "")
+    arch = {"s": "vit_small", "b": "vit_base", "l": "vit_large"}[size] + "_patch14_518" + ("_reg4" if reg else "")
+    what = "DINOv2 ViT-" + size.upper() + "/14" + (" with 4 registers" if reg else "") + " (LVD-142M)"
+    return NamedWeight(f"{_DINOV2}dinov2_vit{size}14/{name}_pretrain.pth", arch, what, num_heads=dim_heads)
+
+
+def _timm(model: str, arch: str, what: str, num_heads: int | None = None) -> NamedWeight:
+    return NamedWeight(f"{_HF}{model}/resolve/main/model.safetensors", arch, what, num_heads=num_heads,
+                       cache_name=f"timm-{model}.safetensors")
+
+
+NAMED_WEIGHTS.update({
+    "dinov2:vits14": _dinov2("s", 6),
+    "dinov2:vitb14": _dinov2("b", 12),
+    "dinov2:vitl14": _dinov2("l", 16),
+    "dinov2:vits14_reg": _dinov2("s", 6, reg=True),
+    "dinov2:vitb14_reg": _dinov2("b", 12, reg=True),
+    "mae:vitb16": NamedWeight("https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_base.pth",
+                              "vit_base_patch16_224", "MAE ViT-B/16 pre-training (ImageNet-1k, no labels)",
+                              num_heads=12),
+    "timm:vit_small_patch16_224": _timm("vit_small_patch16_224.augreg_in21k_ft_in1k", "vit_small_patch16_224",
+                                        "timm ViT-S/16 (AugReg, ImageNet-21k then 1k)", num_heads=6),
+    "timm:vit_base_patch16_224": _timm("vit_base_patch16_224.augreg2_in21k_ft_in1k", "vit_base_patch16_224",
+                                       "timm ViT-B/16 (AugReg, ImageNet-21k then 1k)", num_heads=12),
+    "timm:convnext_atto": _timm("convnext_atto.d2_in1k", "convnext_atto", "timm ConvNeXt-Atto (ImageNet-1k)"),
+    "timm:convnext_tiny": _timm("convnext_tiny.fb_in1k", "convnext_tiny", "ConvNeXt-T (ImageNet-1k)"),
+    "timm:convnextv2_atto": _timm("convnextv2_atto.fcmae_ft_in1k", "convnextv2_atto",
+                                  "ConvNeXt-V2-Atto (FCMAE, fine-tuned on ImageNet-1k)"),
+    "timm:convnextv2_tiny": _timm("convnextv2_tiny.fcmae_ft_in1k", "convnextv2_tiny",
+                                  "ConvNeXt-V2-T (FCMAE, fine-tuned on ImageNet-1k)"),
+})
 
 
 def default_cache_dir() -> Path:

@@ -15,9 +15,10 @@ from torch import Tensor, nn
 
 from hpt.errors import HptError
 from hpt.atomic import atomic_write
-from hpt.models.checkpoints import _backbone_state, _check_strict, _listing, build_backbone
+from hpt.models.checkpoints import _check_strict, _listing, build_backbone
 from hpt.models.formats import extract_backbone, read_state_dict
 from hpt.models.resnet import _LAYOUTS, ResNet, build_resnet
+from hpt.models.saving import backbone_state
 
 TRUNCATE_POINTS = ("layer1", "layer2", "layer3")
 TRUNCATE_FORMATS = ("torchvision", "safetensors")
@@ -57,7 +58,10 @@ def export_truncated(source: str | Path, out: Path, fmt: str, after: str) -> Pat
                        "read by code that needs the whole backbone)")
     model, info = build_backbone(str(source))
     assert info is not None
-    state = truncate_state(_backbone_state(model), after)
+    if not isinstance(model, ResNet):
+        raise HptError(f"--truncate cuts a ResNet after one of its layers; {source} is a {info.architecture}: "
+                       "export it whole")
+    state = truncate_state(backbone_state(model), after)
     out = Path(out)
     if fmt == "safetensors":
         from safetensors.torch import save

@@ -3,6 +3,7 @@ SyncBatchNorm, the optimizer and the loss scaler; a saved state loaded over them
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,12 +14,15 @@ from hpt import distributed
 from hpt.errors import HptError
 from hpt.methods import Method, TrainingSize, build_method
 from hpt.models import ResNet
+from hpt.models.lora import add_lora
 from hpt.pretrain.anchor import BaseAnchor
 from hpt.pretrain.config import StageConfig
 from hpt.pretrain.guard import Guard
 from hpt.pretrain.schedule import param_groups, peak_lr
 from hpt.pretrain.state import set_rng_state
-from hpt.pretrain.trainable import set_trainable
+from hpt.pretrain.trainable import describe_trainable, set_trainable
+
+log = logging.getLogger("hpt")
 
 
 @dataclass
@@ -33,11 +37,18 @@ class Training:
     bn_groups: int  # BatchNorm groups per process
     sync_bn: bool  # SyncBatchNorm across the processes (undone after training)
     trainable: int  # trainable parameters, for the log
+    trained: str = ""  # what of the backbone trains, in words (trainable.describe_trainable)
 
 
 def build_training(config: StageConfig, backbone: ResNet, num_images: int, per_rank: int,
                    info: distributed.DistInfo) -> Training:
-    set_trainable(backbone, config.train)  # before any DDP wrapping: DDP fixes the parameters it reduces when built
+    if config.train == "lora":  # before the method copies the backbone (key encoder) and the optimizer is built
+        lora = config.lora
+        add_lora(backbone, lora.rank, lora.alpha, lora.targets, lora.dropout,
+                 generator=torch.Generator().manual_seed(config.seed))
+    set_trainable(backbone, config.train, config.last_blocks)  # before DDP wrapping: DDP fixes what it reduces
+    trained = describe_trainable(backbone, config.train, config.last_blocks)
+    log.info("stage '%s' trains %s", config.name, trained)
     torch.manual_seed(config.seed)  # the new head and queue
     method = build_method(config.method, backbone, config, TrainingSize(config.steps, config.batch_size, num_images))
     method.to(info.device)
@@ -54,10 +65,15 @@ def build_training(config: StageConfig, backbone: ResNet, num_images: int, per_r
         method.to(memory_format=torch.channels_last)
     params = [p for p in method.trainable_parameters() if p.requires_grad]
     lr = peak_lr(config)
-    optimizer = torch.optim.SGD(param_groups(config, method.backbone, params), lr=lr, momentum=config.sgd_momentum,
-                                weight_decay=config.weight_decay)
+    groups = param_groups(config, method.backbone, params)
+    optimizer: torch.optim.Optimizer
+    if config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=config.adamw_betas, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=config.sgd_momentum, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(info.device.type, enabled=config.precision == "fp16")
-    return Training(method, optimizer, scaler, anchor, lr, bn_groups, sync_bn, sum(p.numel() for p in params))
+    return Training(method, optimizer, scaler, anchor, lr, bn_groups, sync_bn, sum(p.numel() for p in params),
+                    trained)
 
 
 def restore(training: Training, state: dict[str, Any], guard: Guard | None) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from hpt import distributed
+from hpt.data.spec import DataSpec, parse_data_spec
 from hpt.errors import HptError
 from hpt.pretrain.signals import LabelledSignal
 
@@ -21,7 +22,7 @@ log = logging.getLogger("hpt")
 class StopConfig:
     """`stop:` of a stage: probe every `every` steps; stop after `patience` probes without a gain of `margin`."""
 
-    data: str | None = None  # labelled data for the probe; None: the stage's own data (it must be labelled)
+    data: DataSpec | None = None  # labelled data for the probe; None: the stage's own data (it must be labelled)
     labels: int = 1000  # labelled training images of the probe (stratified subset)
     every: int = 100
     probe: Literal["knn", "linear"] = "knn"
@@ -32,6 +33,7 @@ class StopConfig:
     min_steps: int = 0  # never stop before this step
 
     def __post_init__(self) -> None:
+        self.data = None if self.data is None else parse_data_spec(self.data)
         if self.every < 1 or self.patience < 1 or self.labels < 1:
             raise HptError("stop.every, stop.patience and stop.labels must be >= 1")
         if self.margin is not None and self.margin < 0:
@@ -68,7 +70,7 @@ class OnlineProbe:
     pooled features; val of the data is the query set (hpt.pretrain.signals.LabelledSignal)."""
 
     config: StopConfig
-    data: str
+    data: DataSpec
     device: torch.device
     history: list[tuple[int, float]] = field(default_factory=list)
     _signal: LabelledSignal | None = None

@@ -38,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from hpt.data.spec import DataSpec, parse_data_spec
 from hpt.errors import HptError
 from hpt.pretrain.signals import LabelledSignal, RankSignal, Reading, effective_rank
 
@@ -59,7 +60,7 @@ class GuardConfig:
 
     every: int = 100  # steps between readings (the start and the end are always read)
     signal: Literal["auto", "knn", "linear", "rank"] = "auto"  # auto: knn if the data is labelled, else rank
-    data: str | None = None  # data whose validation split is read; None: the stage's own data
+    data: DataSpec | None = None  # data whose validation split is read; None: the stage's own data
     labels: int = 1000  # labelled training images used as the kNN memory (knn, linear)
     images: int = 1000  # images whose features give the effective rank (rank)
     on_drop: Literal["stop", "lower-lr"] = "stop"
@@ -79,6 +80,7 @@ class GuardConfig:
     rank_floor: float | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
+        self.data = None if self.data is None else parse_data_spec(self.data)
         for name in ("every", "labels", "images", "patience", "bn_batches"):
             if getattr(self, name) < 1:
                 raise HptError(f"guard.{name} must be >= 1, got {getattr(self, name)}")
@@ -302,7 +304,7 @@ class Guard:
         self.start_features = state.get("start_features")
 
 
-def build_guard(config: GuardConfig, stage_data: str, device: torch.device, auto_budget: bool) -> Guard:
+def build_guard(config: GuardConfig, stage_data: DataSpec, device: torch.device, auto_budget: bool) -> Guard:
     """The guard of a stage, its signal chosen (signal auto: knn where the data has labels, else rank)."""
     data = config.data or stage_data
     kind = config.signal
@@ -322,7 +324,7 @@ def build_guard(config: GuardConfig, stage_data: str, device: torch.device, auto
                  rank_floor=resolved(config.rank_floor, DEFAULT_RANK_FLOOR))
 
 
-def _labelled(data: str) -> bool:
+def _labelled(data: DataSpec) -> bool:
     from hpt.data import open_any
 
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from hpt.data import parse_data_spec
 from hpt.errors import HptError
 from hpt.eval.suite import EvalSuite, EvalSuiteConfig
 from hpt.models import ResNet, build_backbone
+from hpt.models.families import describe
 from hpt.pretrain.config import StageConfig
 from hpt.pretrain.stage import StageResult, run_stage
 
@@ -82,7 +83,7 @@ def parse_hierarchy(raw: dict[str, Any], root: Path | None = None) -> HierarchyC
             raise HptError(f"stages[{i}] must be a mapping, got {stage!r}")
         stage = deep_merge(defaults, stage)
         if root is not None and "data" in stage:
-            stage["data"] = _resolve_data(stage["data"], root)
+            stage["data"] = parse_data_spec(stage["data"]).resolved(root)
         merged.append(stage)
     raw["stages"] = merged
     base = raw.get("base")
@@ -105,22 +106,16 @@ def _eval_defaults(section: Any, last_stage: dict[str, Any], root: Path | None) 
         raise HptError("'eval' must be a mapping, e.g. {protocols: [linear], data: npz:target.npz}")
     section = dict(section)
     if section.get("data") is None and "data" in last_stage:
-        spec = parse_data_spec(last_stage["data"])
-        section["data"] = replace(spec, split="train", fraction=None, count=None).describe()
+        section["data"] = parse_data_spec(last_stage["data"]).whole_train_split()
     elif section.get("data") is not None and root is not None:
-        section["data"] = _resolve_data(section["data"], root)
+        section["data"] = parse_data_spec(section["data"]).resolved(root)
     augment = last_stage.get("augment") or {}
     if section.get("image_size") is None and isinstance(augment, dict) and augment.get("image_size"):
         section["image_size"] = augment["image_size"]
     return section
 
 
-def _resolve_data(data: Any, root: Path) -> Any:
-    """Resolve a relative data path against the config's folder."""
-    spec = parse_data_spec(data)
-    if spec.path.is_absolute():
-        return spec.describe()
-    return replace(spec, path=(root / spec.path).resolve()).describe()
+
 
 
 def load_hierarchy(path: str | Path, overrides: list[str] | None = None) -> HierarchyConfig:
@@ -155,8 +150,7 @@ def run_hierarchy(config: HierarchyConfig, out_dir: str | Path | None = None, *,
         if _fresh(out, config):  # nothing a check could refuse: record the config at once
             atomic_write_text(out / HIERARCHY_FILE, written)
         where = "random initialisation" if checkpoint_info is None else f"{checkpoint_info.format} {checkpoint_info.path}"
-        log.info("base: %s (%s, small_stem=%s, width=%d) from %s", config.base.checkpoint, backbone.arch,
-                 backbone.small_stem, backbone.width, where)
+        log.info("base: %s (%s) from %s", config.base.checkpoint, describe(backbone), where)
     start = copy.deepcopy(backbone) if config.eval is not None and config.eval.start else None
     results = []
     for stage in config.stages:

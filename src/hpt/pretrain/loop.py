@@ -22,6 +22,7 @@ from hpt.augment import MocoAugment
 from hpt.errors import HptError
 from hpt.methods import StepOutput
 from hpt.models import ResNet, save_backbone, weights_sha256
+from hpt.models.lora import merge_lora
 from hpt.pretrain.anchor import BaseAnchor
 from hpt.pretrain.batches import per_rank_batch, prepare_data, step_seed
 from hpt.pretrain.batchnorm import average_bn_statistics, restore_batchnorm
@@ -115,7 +116,7 @@ def train_ssl(
                 saver.save(done, extras(probe, guard))
             if due.keep and info.is_main:
                 save_backbone(method.backbone, stage_dir / f"backbone-step{done}.safetensors",
-                              {"stage": config.name, "step": str(done), "data": config.data})
+                              {"stage": config.name, "step": str(done), "data": str(config.data)})
             if interrupted and not stopped and done < config.steps:
                 raise HptError(f"interrupted after step {done}; its state is saved in {stage_dir / 'state'}: "
                                "run the same command with --resume to continue")
@@ -149,6 +150,7 @@ def train_ssl(
         **method.recorded(),
         "queue_reason": method.description,
         "bn_splits_per_process": training.bn_groups,
+        "trained": training.trained,
         "lr": training.lr,
         "num_images": len(dataset),
         "rank_checksums": checksums,
@@ -205,9 +207,11 @@ def extras(probe: OnlineProbe | None, guard: Guard | None) -> dict[str, Any]:
 
 def finish_backbone(training: Training, backbone: ResNet, info: distributed.DistInfo) -> list[str]:
     """The trained backbone as later stages and evaluation take it: plain (split) BatchNorm again after
-    SyncBatchNorm, the ranks' running statistics averaged; returns every rank's checksum (they must agree)."""
+    SyncBatchNorm, LoRA adapters merged into their weights (the original keys), the ranks' running statistics
+    averaged; returns every rank's checksum (they must agree)."""
     if training.sync_bn:
         restore_batchnorm(training.method.backbone)
+    merge_lora(backbone)
     if info.distributed:  # after the last forward each rank holds its own running statistics: average them
         average_bn_statistics(backbone)
     checksums = distributed.all_gather_objects(weights_sha256(backbone))

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hpt.data.spec import DataSpec
 from hpt.errors import HptError
 
 log = logging.getLogger("hpt")
@@ -45,7 +46,7 @@ class LabelledSignal:
 
     measures_quality = True
 
-    def __init__(self, data: str, probe: str, labels: int, device: torch.device) -> None:
+    def __init__(self, data: DataSpec, probe: str, labels: int, device: torch.device) -> None:
         if probe not in ("knn", "linear"):
             raise HptError(f"unknown labelled signal '{probe}'; choose knn or linear")
         self.data, self.probe, self.labels, self.device = data, probe, labels, device
@@ -106,7 +107,7 @@ class RankSignal:
 
     name = "rank"
 
-    def __init__(self, data: str, images: int, device: torch.device) -> None:
+    def __init__(self, data: DataSpec, images: int, device: torch.device) -> None:
         self.data, self.images, self.device = data, images, device
         self._view: Any = None
         self._transform: Any = None

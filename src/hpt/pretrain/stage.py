@@ -1,4 +1,4 @@
-"""One pretraining stage: its train modes (all / bn / bn-stats / none), reuse, resume and refusal.
+"""One pretraining stage: its train modes (all / bn / norm / lora / bn-stats / none), reuse, resume and refusal.
 
 A stage starts from a backbone (the Base or the previous stage's), trains it on one data set with a fresh head and
 queue (or the previous stage's, with continue_method; the step loop is in loop.py, the settings in config.py), and
@@ -37,7 +37,7 @@ from hpt.models import (
 )
 from hpt.pretrain.batches import per_rank_batch, prepare_data
 from hpt.pretrain.batchnorm import reestimate_bn_statistics
-from hpt.pretrain.config import LATER_DEFAULTS, StageConfig
+from hpt.pretrain.config import LATER_DEFAULTS, TRAINING_MODES, StageConfig
 from hpt.pretrain.health import FAILED_FILE, TrainingDiverged
 from hpt.pretrain.loop import train_ssl
 from hpt.pretrain.state import KEPT_DIR, load_state
@@ -103,7 +103,7 @@ def run_stage(
         atomic_write_text(stage_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
 
     started = time.time()
-    if config.train in ("all", "bn"):
+    if config.train in TRAINING_MODES:
         continued = _previous_method_state(config, previous_stage_dir) if state is None else None
         try:
             stats = train_ssl(config, backbone, stage_dir, state, semantic, info, continued)
@@ -121,7 +121,7 @@ def run_stage(
         "kind": "pretrain",
         "stage": config.name,
         "train": config.train,
-        "data": config.data,
+        "data": str(config.data),
         "config": semantic,
         "backbone_sha256": weights_sha256(backbone),
         "wall_time_s": round(time.time() - started, 3),
@@ -129,7 +129,7 @@ def run_stage(
         **stats,
     }
     if info.is_main:
-        metadata = {"stage": config.name, "train": config.train, "data": config.data, "steps": str(config.steps)}
+        metadata = {"stage": config.name, "train": config.train, "data": str(config.data), "steps": str(config.steps)}
         save_backbone(backbone, backbone_path, metadata)
         (stage_dir / FAILED_FILE).unlink(missing_ok=True)
         atomic_write(summary_path, lambda h: h.write(json.dumps(summary, indent=2).encode()))
@@ -151,7 +151,7 @@ def _record_failure(config: StageConfig, semantic: dict[str, Any], stage_dir: Pa
                     err: TrainingDiverged) -> None:
     """failed.json in the stage folder (no summary.json: the stage is not finished) and a results.jsonl row."""
     record = {"status": "failed", "kind": "pretrain", "stage": config.name, "train": config.train,
-              "data": config.data, "config": semantic, "step": err.step, "found": err.found,
+              "data": str(config.data), "config": semantic, "step": err.step, "found": err.found,
               "last_good_step": err.last_good_step, "error": str(err)}
     atomic_write(stage_dir / FAILED_FILE, lambda h: h.write(json.dumps(record, indent=2).encode()))
     append_result(out_dir / "results.jsonl", record)
@@ -275,8 +275,15 @@ def _previous_method_state(config: StageConfig, previous_stage_dir: Path | None)
 
 
 @torch.no_grad()
-def _reestimate_bn(config: StageConfig, backbone: ResNet, info: distributed.DistInfo) -> dict[str, Any]:
-    """The paper's Base baseline: only BatchNorm running statistics, re-estimated on un-augmented target images."""
+def _reestimate_bn(config: StageConfig, backbone: torch.nn.Module, info: distributed.DistInfo) -> dict[str, Any]:
+    """The paper's Base baseline: only BatchNorm running statistics, re-estimated on un-augmented target images.
+    A backbone without BatchNorm (a ViT, a ConvNeXt) has none: it is kept as it is, without reading the data."""
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in backbone.modules()):
+        backbone.eval()
+        if info.is_main:
+            log.info("stage '%s': the backbone has no BatchNorm layers, so bn-stats leaves it as it is",
+                     config.name)
+        return {"steps_done": 0, "batchnorm_layers": 0}
     per_rank = per_rank_batch(config, info)
     dataset, side, mean, std, loader = prepare_data(config, info, per_rank, 0)
     transform = EvalTransform(mean, std, side).to(info.device)

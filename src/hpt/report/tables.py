@@ -104,18 +104,19 @@ def experiment_table(rows: list[dict[str, Any]]) -> str:
 
 
 def pairwise_notes(rows: list[dict[str, Any]]) -> list[str]:
-    """HPT and HPT-BN (or each B+S+T, or B+T) against each baseline present, in points, beyond or within noise;
-    a baseline that did not learn is not compared, and one of ours that did not learn is said to."""
+    """HPT and HPT-BN (HPT-norm for a backbone without BatchNorm; or each B+S+T, or B+T) against each baseline
+    present, in points, beyond or within noise; a baseline that did not learn is not compared, and one of ours that
+    did not learn is said to."""
     named = {label(r): r for r in rows}
     failures = learning_failures(rows)
-    ours = [k for k in ("HPT", "HPT-BN") if k in named] or [k for k in named if k.startswith("B+S+T")] or \
+    ours = [k for k in ("HPT", "HPT-BN", "HPT-norm") if k in named] or [k for k in named if k.startswith("B+S+T")] or \
         (["B+T"] if "B+T" in named else [])
     notes, done = [], set()
     for mine in ours:
         if mine in failures:
             notes.append(f"- {mine} did not learn ({failures[mine]}).")
         suffix = mine[len("B+S+T"):] if mine.startswith("B+S+T") else ""
-        for other in ("Base", "Target", "HPT-BN", "Random", "B", "B+T", f"B+S{suffix}"):
+        for other in ("Base", "Target", "HPT-BN", "HPT-norm", "Random", "B", "B+T", f"B+S{suffix}"):
             if other in named and other != mine and frozenset((mine, other)) not in done:
                 done.add(frozenset((mine, other)))
                 if other in failures:

@@ -1,0 +1,1 @@
+"""Tests of the model architectures against reference implementations."""
