@@ -35,7 +35,8 @@ from ..conftest import write_npz
 REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "reference"
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "vit_tiny_patch4_32", "vit_small_patch14_518_reg4", "convnext_atto",
+@pytest.mark.parametrize("arch", ["resnet18", "vit_tiny_patch4_32", "vit_small_patch14_518_reg4",
+                                  "vit_small_patch14_518_dinov2", "vit_small_patch14_518_reg4_dinov2", "convnext_atto",
                                   "convnext_atto_patch2", "convnextv2_atto"])
 def test_an_architecture_name_builds_a_backbone_whose_name_is_the_same(arch: str) -> None:
     with torch.device("meta"):
@@ -126,3 +127,13 @@ def test_a_named_dinov2_base_is_continued_with_lora_and_saved_merged_in_timm_key
     assert sorted(saved) == sorted(k for k in base if k != "mask_token")  # the base's keys: LoRA merged, none added
     changed = {k for k in saved if not torch.equal(saved[k], base[k])}
     assert changed and all(k.endswith((".qkv.weight", ".proj.weight", ".fc1.weight", ".fc2.weight")) for k in changed)
+
+
+def test_a_dinov2_file_has_a_name_whose_random_weights_are_its_architecture(tmp_path: Path) -> None:
+    """So that an experiment's Random and Target rows can start from random weights of a DINOv2 base."""
+    from hpt.experiments.family import rebuild_problem
+
+    model, _ = build_backbone(str(_dinov2_vits14_file(tmp_path / "cache")))
+    assert arch_of(model) == "vit_small_patch14_518_dinov2"
+    assert rebuild_problem(model, arch_of(model)) == ""
+    assert rebuild_problem(model, "vit_small_patch14_518") != ""  # without LayerScale: another architecture

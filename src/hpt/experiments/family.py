@@ -4,8 +4,8 @@
   ResNet it comes from the checkpoint's spec (arch, small_stem, width), exactly as before, so the ids of ResNet
   experiments stay the same. For a ViT or ConvNeXt it is the architecture name :func:`hpt.models.arch_of` gives
   (``vit_tiny_patch4_16``, ``convnext_atto_patch2``), checked to rebuild the base's architecture exactly: a base
-  that no name rebuilds (a custom width or depth, LayerScale as in DINOv2, average pooling, ...) is refused with a
-  message, rather than compared with a Target of another architecture.
+  that no name rebuilds (a custom width or depth, average pooling, ...; DINOv2's variant has a name: ``_dinov2``) is
+  refused with a message, rather than compared with a Target of another architecture.
 * HPT-BN (the paper's "train only the BatchNorm affine parameters") trains nothing in a backbone without BatchNorm.
   For such a base the experiment's HPT-BN row trains every normalisation layer's affine parameters instead
   (``train: norm``: the LayerNorms of a ViT, the LayerNorms and GRNs of a ConvNeXt), the same idea carried to the

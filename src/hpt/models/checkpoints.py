@@ -33,6 +33,7 @@ from hpt.models.formats import (
 )
 from hpt.models.named import NAMED_WEIGHTS, resolve_named
 from hpt.models.resnet import ARCHS, ResNet, build_resnet
+from hpt.models.strict import key_differences
 
 _SHOW = 10  # keys listed per category in error messages
 
@@ -167,6 +168,8 @@ def inspect_lines(info: CheckpointInfo) -> list[str]:
     if info.spec is not None:
         spec = info.spec
         lines.append(f"arch:        {spec.arch} (small_stem={spec.small_stem}, width={spec.width})")
+    elif info.architecture:
+        lines.append(f"arch:        {info.architecture}")
     lines.append(f"parameters:  {info.num_params:,} in {info.backbone_keys} backbone tensors")
     ignored = info.ignored_keys
     shown = ", ".join(ignored[:8]) + (f", ... ({len(ignored)} in all)" if len(ignored) > 8 else "")
@@ -240,14 +243,7 @@ def _listing(title: str, items: list[str]) -> str:
 
 def _check_strict(model_state: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> tuple[list[str], list[str], list[str]]:
     """Missing, unexpected and shape-mismatched keys (missing BN ``num_batches_tracked`` is tolerated)."""
-    missing = [k for k in model_state if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in model_state]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} in file vs {tuple(v.shape)} in model"
-        for k, v in model_state.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    return missing, unexpected, shapes
+    return key_differences(model_state, state)
 
 
 def _load_state(model: ResNet, state: Mapping[str, Tensor], info: CheckpointInfo) -> None:

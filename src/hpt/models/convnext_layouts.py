@@ -34,6 +34,7 @@ from hpt.models.convnext import (
     convnext_from_spec,
     stage0_downsamples,
 )
+from hpt.models.strict import key_differences
 
 CONVNEXT_LAYOUTS = ("timm", "official-v1", "official-v2")
 HEAD_NORM_KEYS = ("head.norm.weight", "head.norm.bias")
@@ -183,14 +184,7 @@ def check_convnext_state(
 ) -> tuple[list[str], list[str], list[str]]:
     """Missing, unexpected and shape-mismatched keys of ``state`` against the model (its ``head.fc`` excluded)."""
     model_state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.fc.")}
-    missing = [k for k in model_state if k not in state and k not in allow_missing]
-    unexpected = [k for k in state if k not in model_state]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} in file vs {tuple(v.shape)} in model"
-        for k, v in model_state.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    return missing, unexpected, shapes
+    return key_differences(model_state, state, allow_missing)
 
 
 def _listing(title: str, items: list[str], show: int) -> str:

@@ -7,8 +7,10 @@ that knows which family a file or a name belongs to.
 Architecture names (``--arch`` with ``--base random``, ``base.arch``):
 
 * ResNet: ``resnet18``, ``resnet34``, ``resnet50`` (``small_stem`` and ``width`` apply);
-* ViT: ``vit_{tiny|small|base|large}`` with optional ``_patch{P}``, ``_{IMG}`` and ``_reg{R}`` parts in timm's
-  order, e.g. ``vit_small_patch16_224``, ``vit_tiny_patch4_32`` (small images), ``vit_small_patch14_518_reg4``;
+* ViT: ``vit_{tiny|small|base|large}`` with optional ``_patch{P}``, ``_{IMG}``, ``_reg{R}`` and ``_dinov2`` parts
+  in timm's order, e.g. ``vit_small_patch16_224``, ``vit_tiny_patch4_32`` (small images); ``_dinov2`` is DINOv2's
+  variant (LayerScale, its position interpolation, registers without positions): ``vit_small_patch14_518_dinov2``
+  is a random ``dinov2:vits14``;
 * ConvNeXt: ``convnext_{atto..base}`` and ``convnextv2_{atto..base}`` with an optional ``_patch{P}``
   (``convnext_atto_patch2`` for 28-32 px images).
 """
@@ -36,7 +38,7 @@ from hpt.models.vit import VIT_CONFIGS, VisionTransformer, VitConfig, build_vit
 from hpt.models.vit_layouts import build_vit_from_state
 
 FAMILIES = ("resnet", "vit", "convnext")
-_VIT_NAME = re.compile(r"^(vit_(?:tiny|small|base|large))(?:_patch(\d+))?(?:_(\d+))?(?:_reg(\d+))?$")
+_VIT_NAME = re.compile(r"^(vit_(?:tiny|small|base|large))(?:_patch(\d+))?(?:_(\d+))?(?:_reg(\d+))?(_dinov2)?$")
 _CONVNEXT_NAME = re.compile(r"^(convnext(?:v2)?_[a-z]+)(?:_patch(\d+))?$")
 #: Keys whose presence (after any prefix) marks a family's checkpoint.
 _MARKS = {
@@ -95,9 +97,11 @@ def build_random(arch: str, *, small_stem: bool = False, width: int | None = Non
                        "(e.g. vit_tiny_patch4_32, convnext_atto_patch2)")
     vit = _VIT_NAME.match(arch)
     if vit:
-        name, patch, img, reg = vit.groups()
+        name, patch, img, reg, dinov2 = vit.groups()
         options: dict[str, Any] = {"patch_size": int(patch or 16), "reg_tokens": int(reg or 0)}
         options["img_size"] = int(img) if img else (518 if options["patch_size"] == 14 else 224)
+        if dinov2:
+            options.update(init_values=1e-5, pos_interp="dinov2", no_embed_class=bool(reg))
         return build_vit(name, **options)
     convnext = _CONVNEXT_NAME.match(arch)
     if convnext and convnext.group(1) in CONVNEXT_ARCHS:
@@ -111,7 +115,10 @@ def arch_of(model: nn.Module) -> str:
         cfg = model.config
         named = next((n for n, dims in VIT_CONFIGS.items() if dims == (cfg.embed_dim, cfg.depth, cfg.num_heads)),
                      "vit_custom")
-        return f"{named}_patch{cfg.patch_size}_{cfg.img_size}" + (f"_reg{cfg.reg_tokens}" if cfg.reg_tokens else "")
+        dinov2 = (cfg.init_values is not None and cfg.pos_interp == "dinov2" and cfg.global_pool == "token"
+                  and cfg.no_embed_class == bool(cfg.reg_tokens))
+        return (f"{named}_patch{cfg.patch_size}_{cfg.img_size}" + (f"_reg{cfg.reg_tokens}" if cfg.reg_tokens else "")
+                + ("_dinov2" if dinov2 else ""))
     if isinstance(model, ConvNeXt):
         return model.arch + (f"_patch{model.spec.patch_size}" if model.spec.patch_size != 4 else "")
     assert isinstance(model, ResNet)
@@ -124,7 +131,8 @@ def describe(model: nn.Module) -> str:
         return f"{model.arch} (small_stem={model.small_stem}, width={model.width})"
     if isinstance(model, VisionTransformer):
         cfg = model.config
-        return (f"ViT {cfg.embed_dim}-dim, depth {cfg.depth}, {cfg.num_heads} heads, patch {cfg.patch_size}, "
+        heads = f"{cfg.num_heads} head" + ("s" if cfg.num_heads != 1 else "")
+        return (f"ViT {cfg.embed_dim}-dim, depth {cfg.depth}, {heads}, patch {cfg.patch_size}, "
                 f"{cfg.img_size} px" + (f", {cfg.reg_tokens} registers" if cfg.reg_tokens else ""))
     assert isinstance(model, ConvNeXt)
     return str(model.spec)

@@ -52,6 +52,7 @@ _HF = "https://huggingface.co/timm/"
 def _dinov2(size: str, dim_heads: int, reg: bool = False) -> NamedWeight:
     name = f"dinov2_vit{size}14" + ("_reg4" if reg else "")
     arch = {"s": "vit_small", "b": "vit_base", "l": "vit_large"}[size] + "_patch14_518" + ("_reg4" if reg else "")
+    arch += "_dinov2"
     what = "DINOv2 ViT-" + size.upper() + "/14" + (" with 4 registers" if reg else "") + " (LVD-142M)"
     return NamedWeight(f"{_DINOV2}dinov2_vit{size}14/{name}_pretrain.pth", arch, what, num_heads=dim_heads)
 

@@ -26,6 +26,7 @@ from typing import Any
 from torch import Tensor
 
 from hpt.errors import HptError
+from hpt.models.strict import key_differences
 from hpt.models.vit import VisionTransformer, VitConfig
 from hpt.models.vit_posembed import pos_grid, pos_prefix_tokens, resample_pos_embed
 
@@ -191,10 +192,7 @@ def load_vit_state(model: VisionTransformer, state: Mapping[str, Tensor], where:
     Every missing, unexpected and shape-mismatched key is named in one HptError (the first 20 of each kind).
     """
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} in file vs {tuple(v.shape)} in model"
-              for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    missing, unexpected, shapes = key_differences(own, state)
     if missing or unexpected or shapes:
         cfg = model.config
         parts = [(f"{where} does not fit the ViT ({cfg.embed_dim}-dim, depth {cfg.depth}, "
