@@ -108,7 +108,11 @@ class LoRALinear(LoRALayer):
         self.in_features, self.out_features = base.in_features, base.out_features
 
     def forward(self, x: Tensor) -> Tensor:
-        """The base layer's output plus the low-rank update's."""
+        """The base layer's output plus the low-rank update's. Without dropout, one product with the merged weight
+        W + scaling * B A: the backward then keeps only x, as the plain layer's does (the two-path form also keeps
+        activations of the update's size, which cost more memory than full training)."""
+        if isinstance(self.dropout, nn.Identity):
+            return F.linear(x, self.merged_weight(), self.bias)
         update = F.linear(F.linear(self.dropout(x), self.lora_a), self.lora_b)
         return F.linear(x, self.weight, self.bias) + update * self.scaling
 
@@ -133,7 +137,10 @@ class LoRAConv2d(LoRALayer):
                                                                       base.dilation)
 
     def forward(self, x: Tensor) -> Tensor:
-        """The base conv's output plus the low-rank update's."""
+        """The base conv's output plus the low-rank update's (one conv with the merged kernel when without dropout,
+        as LoRALinear)."""
+        if isinstance(self.dropout, nn.Identity):
+            return F.conv2d(x, self.merged_weight(), self.bias, self.stride, self.padding, self.dilation)
         base = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
         kernel_a = self.lora_a.view(self.rank, self.in_channels, *self.kernel_size)
         low = F.conv2d(self.dropout(x), kernel_a, None, self.stride, self.padding, self.dilation)
