@@ -10,7 +10,6 @@ the first EMA step moves nothing (the target starts as a copy of the online netw
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,6 +19,7 @@ from torch import nn
 
 from hpt.errors import HptError
 from hpt.methods.base import StepOutput, TrainingSize
+from hpt.methods.momentum import cosine_momentum, ema_update_
 from hpt.methods.simclr import MLPHead
 from hpt.models.resnet import ResNet
 from hpt.models.resnet import set_bn_splits as _set_bn_splits
@@ -44,11 +44,6 @@ class BYOLConfig:
             raise HptError(f"byol.momentum must be in [0, 1), got {self.momentum}")
         if self.momentum_schedule not in ("constant", "cosine"):
             raise HptError(f"byol.momentum_schedule must be constant or cosine, got {self.momentum_schedule!r}")
-
-
-def cosine_momentum(base: float, step: int, total: int) -> float:
-    """BYOL's schedule: ``1 - (1 - base) * (cos(pi * step / total) + 1) / 2``, from `base` at step 0 to 1 at the end."""
-    return 1.0 - (1.0 - base) * (math.cos(math.pi * min(step, total) / max(total, 1)) + 1.0) / 2.0
 
 
 def byol_loss(p1: torch.Tensor, p2: torch.Tensor, t1: torch.Tensor,
@@ -124,9 +119,7 @@ class BYOL(nn.Module):
     @torch.no_grad()
     def momentum_update(self) -> None:
         """target <- m * target + (1 - m) * online, for the backbone and the projector (not BatchNorm buffers)."""
-        m = self.momentum
-        for online, target in zip(self.online_parameters(), self.target_parameters(), strict=True):
-            target.mul_(m).add_(online.detach(), alpha=1.0 - m)
+        ema_update_(self.online_parameters(), self.target_parameters(), self.momentum)
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> StepOutput:
         """EMA step, then the symmetric BYOL loss (byol_loss); both views go through each network as one batch.

@@ -18,6 +18,7 @@ from torch import nn
 from hpt import distributed
 from hpt.errors import HptError
 from hpt.methods.base import StepOutput, TrainingSize
+from hpt.methods.momentum import ema_update_
 from hpt.models.resnet import ResNet, SplitBatchNorm2d
 
 MAX_QUEUE = 65536
@@ -153,9 +154,7 @@ class MocoV2(nn.Module):
 
     @torch.no_grad()
     def momentum_update(self) -> None:
-        m = self.config.momentum
-        for q, k in zip(self.query_parameters(), self.key_parameters()):
-            k.mul_(m).add_(q.detach(), alpha=1.0 - m)
+        ema_update_(self.query_parameters(), self.key_parameters(), self.config.momentum)
 
     @torch.no_grad()
     def encode_keys(self, im_k: torch.Tensor) -> torch.Tensor:

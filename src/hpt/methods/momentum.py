@@ -1,5 +1,5 @@
-"""What the momentum-teacher methods of this package share (MoCo v3, DINO): the backbone's pooled features, the
-EMA step of a momentum copy, and the momentum schedule.
+"""What the momentum-teacher methods of this package share (MoCo v2 and v3, BYOL, DINO): the EMA step of a
+momentum copy, the momentum schedule, and (MoCo v3, DINO) the backbone's pooled features.
 
 The backbone may be any module with ``feature_dim`` and pooled features: ``forward_features(x)`` where it has one
 (the ResNet, whose ``forward`` adds its classifier when it has one), else ``forward(x)`` (N, feature_dim).
@@ -7,6 +7,7 @@ The backbone may be any module with ``feature_dim`` and pooled features: ``forwa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Literal
 
@@ -14,7 +15,6 @@ import torch
 from torch import nn
 
 from hpt.errors import HptError
-from hpt.methods.byol import cosine_momentum
 
 MomentumSchedule = Literal["constant", "cosine"]
 
@@ -33,6 +33,11 @@ def hidden_width(feature_dim: int, cap: int) -> int:
     2,048 for DINO); a toy backbone gets a narrower head (ResNet-18 of width 8: 64 features, 1,024 hidden) rather
     than one of 10 million weights beside its 0.2 million."""
     return max(1, min(cap, 16 * feature_dim))
+
+
+def cosine_momentum(base: float, step: int, total: int) -> float:
+    """BYOL's schedule: ``1 - (1 - base) * (cos(pi * step / total) + 1) / 2``, from `base` at step 0 to 1 at the end."""
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * min(step, total) / max(total, 1)) + 1.0) / 2.0
 
 
 def scheduled_momentum(base: float, schedule: MomentumSchedule, step: int, steps: int) -> float:
