@@ -15,6 +15,7 @@ from hpt.atomic import os_error_in
 from hpt.cli.analyze import analyze_group
 from hpt.cli.checkpoints import export_command, inspect_command
 from hpt.cli.demo import demo_command
+from hpt.cli.doctor import doctor_command
 from hpt.cli.eval import eval_group
 from hpt.cli.experiment import experiment_group, report_command
 from hpt.cli.output import close_log_files, log_to_file, os_error_line, setup_logging
@@ -36,7 +37,7 @@ def cli(debug: bool, verbose: bool) -> None:
 
 
 for _command in (pretrain_command, run_command, inspect_command, export_command, eval_group, analyze_group,
-                 experiment_group, report_command, rank_sources_command, demo_command):
+                 experiment_group, report_command, rank_sources_command, demo_command, doctor_command):
     cli.add_command(_command)
 
 
