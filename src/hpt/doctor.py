@@ -16,13 +16,10 @@ import torch
 
 from hpt import __version__
 from hpt.device import cache_root
+from hpt.extras import EXTRAS, USES
 from hpt.models.named import NAMED_WEIGHTS, default_cache_dir
 
 # extra (pip install 'hpt[EXTRA]') -> the module it installs, and what it is for
-OPTIONAL_EXTRAS = {
-    "dicom": ("pydicom", "DICOM folders and lists (dicom: data)"),
-    "tiff": ("tifffile", "16-bit and multi-channel TIFF images"),
-}
 LOW_DISK_BYTES = 5 * 2**30
 
 
@@ -82,7 +79,8 @@ def _devices() -> list[Check]:
 
 def _extras() -> list[Check]:
     rows = []
-    for extra, (module, purpose) in OPTIONAL_EXTRAS.items():
+    for module, extra in EXTRAS.items():
+        purpose = USES[module]
         if importlib.util.find_spec(module) is not None:
             rows.append(Check(f"extra [{extra}]", "ok", f"{module} installed: {purpose}"))
         else:

@@ -178,7 +178,7 @@ def test_safetensors_round_trip_and_metadata(tmp_path: Path) -> None:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
     assert meta == {"format": "hpt-backbone", "family": "resnet", "arch": "resnet18", "small_stem": "True", "width": "8",
-                    "stage": "target"}
+                    "in_chans": "3", "stage": "target"}
     info = inspect_checkpoint(path)
     assert info.format == "safetensors" and info.spec == BackboneSpec("resnet18", True, 8)
     model, _ = build_backbone(str(path))

@@ -1,5 +1,5 @@
 """`hpt inspect` and `hpt export`: what a checkpoint file holds, and a backbone written in a format other code loads
-(thin layer over hpt.models)."""
+(thin layers over hpt.models and hpt.api.export())."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from hpt.models import EXPORT_FORMATS, export_backbone, inspect_checkpoint
+from hpt.api.backbones import export
+from hpt.models import EXPORT_FORMATS, inspect_checkpoint
 from hpt.models.checkpoints import inspect_lines, load_refusal
-from hpt.models.truncate import export_truncated
 
 
 @click.command("inspect")
@@ -46,11 +46,10 @@ def export_command(source: str, fmt: str, out: Path, truncate: str | None) -> No
 
     With --truncate layerK only the stem and layer1..layerK are written (torchvision key names), for code that
     stops at layerK; in Python, hpt.models.truncate.load_truncated loads it."""
+    path = export(source, out, fmt, truncate).path
     if truncate is not None:
-        path = export_truncated(source, out, fmt, truncate)
         click.echo(f"wrote {path} ({fmt}, truncated after {truncate}: conv1, bn1, layer1..{truncate})")
         return
-    path = export_backbone(source, out, fmt)
     click.echo(f"wrote {path} ({fmt})")
     if fmt == "torchvision":
         click.echo("load it with: model.load_state_dict(torch.load(path), strict=False)  # only fc.* is missing")

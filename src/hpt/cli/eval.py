@@ -1,4 +1,5 @@
-"""`hpt eval linear|finetune|knn`: one command per evaluation protocol (thin layer over hpt.eval)."""
+"""`hpt eval linear|finetune|knn|compare`: one command per evaluation protocol (thin layer over hpt.eval, which
+hpt.api.evaluate() also runs), and the paired comparison of finished evaluations (hpt.api.compare())."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import click
 
+from hpt.api.comparison import compare as compare_evaluations
 from hpt.cli.backbone_options import architecture_options
 from hpt.cli.output import claim_out
 from hpt.eval import (
@@ -22,7 +24,6 @@ from hpt.eval import (
     load_eval_backbone,
     load_splits,
 )
-from hpt.report.evals import compare_evaluations
 
 F = Callable[..., Any]
 
@@ -124,4 +125,4 @@ def knn(backbone: str, data: str, arch: str | None, small_stem: bool | None, wid
 def compare(evaluations: tuple[Path, ...], names: tuple[str, ...]) -> None:
     """Compare finished evaluations (results.json files or folders) on the same test images: each minus the first,
     with the paired bootstrap interval of the difference."""
-    click.echo(compare_evaluations(list(evaluations), list(names)))
+    click.echo(compare_evaluations(evaluations, names).table)

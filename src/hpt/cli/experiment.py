@@ -55,10 +55,14 @@ for _kind in KINDS:
 @click.command("report")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--title", default=None, help="Title of report.md.")
-def report_command(out: Path, title: str | None) -> None:
-    """Rebuild OUT/report.md, OUT/results.csv and OUT/figures/ from finished experiments."""
+@click.option("--html", "html", is_flag=True,
+              help="Also write OUT/report.html: the report on one self-contained page, figures embedded.")
+def report_command(out: Path, title: str | None, html: bool) -> None:
+    """Rebuild OUT/report.md, OUT/results.csv and OUT/figures/ from finished experiments (and OUT/report.html)."""
     claim_out(out, create=False)
-    click.echo(build_report(out, title))
+    click.echo(build_report(out, title, html=html))
+    if html:
+        click.echo(out / "report.html")
 
 
 def _inside(folder: Path, parent: Path) -> bool:

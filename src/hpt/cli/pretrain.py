@@ -1,6 +1,7 @@
 """`hpt pretrain` (one stage from a base) and `hpt run` (the stages of a hierarchy YAML): thin layers over
-hpt.pretrain.hierarchy's pretrain() and run_hierarchy(), called through the module (so that tests can replace them
-there); the options of `hpt pretrain` are in stage_options.py."""
+hpt.api.pretrain() and hpt.pretrain.hierarchy's run_hierarchy(), which go through hpt.pretrain.hierarchy's module
+(so that tests can replace its pretrain() and run_hierarchy() there); the options of `hpt pretrain` are in
+stage_options.py."""
 
 from __future__ import annotations
 
@@ -10,25 +11,24 @@ from typing import Any
 import click
 
 from hpt import distributed
+from hpt.api.pretraining import pretrain, stage_settings
 from hpt.cli.output import claim_out
-from hpt.cli.stage_options import pretrain_options, stage_settings
+from hpt.cli.stage_options import pretrain_options
 from hpt.pretrain import hierarchy
 from hpt.report.stages import stages_summary
 
 
 @click.command("pretrain")
 @pretrain_options
-def pretrain_command(base: str, data: str, steps: int, arch: str | None, small_stem: bool | None, width: int | None,
-                     out: Path, name: str, resume: bool, stop_when_converged: bool, guard_on: bool,
-                     set_items: tuple[str, ...], **values: Any) -> None:
+def pretrain_command(out: Path, stop_when_converged: bool, guard_on: bool, set_items: tuple[str, ...],
+                     **values: Any) -> None:
     """Pretrain one stage from --base on --data; writes OUT/NAME/backbone.safetensors."""
-    switched_on = {"stop": stop_when_converged, "guard": guard_on or values["budget"] == "auto"}
-    settings = stage_settings(values, switched_on, set_items)
+    settings = stage_settings(values, stop_when_converged=stop_when_converged, guard=guard_on, overrides=set_items)
     distributed.init_distributed(str(settings.get("device", "auto")))  # every rank learns whether OUT is free
     claim_out(out)
-    result = hierarchy.pretrain(base, data, steps, out=out, name=name, arch=arch, small_stem=small_stem, width=width,
-                               resume=resume, **settings)
-    _print_summary(result)
+    result = pretrain(out=out, stop_when_converged=stop_when_converged, guard=guard_on, overrides=set_items, **values)
+    if distributed.rank() == 0:
+        click.echo(result.summary())
 
 
 @click.command("run")
@@ -42,9 +42,6 @@ def run_command(config: Path, overrides: tuple[str, ...], out: Path | None, resu
     out_dir = out or Path(chain.out or "runs/hpt")
     distributed.init_distributed(chain.stages[0].device)  # every rank learns whether OUT is free
     claim_out(out_dir)
-    _print_summary(hierarchy.run_hierarchy(chain, out_dir, resume=resume))
-
-
-def _print_summary(result: hierarchy.HierarchyResult) -> None:
+    result = hierarchy.run_hierarchy(chain, out_dir, resume=resume)
     if distributed.rank() == 0:
         click.echo(stages_summary(result))

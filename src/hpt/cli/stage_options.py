@@ -1,11 +1,13 @@
-"""The options of `hpt pretrain`, in the order its --help lists them, and the stage settings they make.
+"""The options of `hpt pretrain`, in the order its --help lists them (hpt.api.pretraining makes the stage
+settings of their values: its keywords are these options' names).
 
 An option that sets a StageConfig field is a Setting: its click type (a choice for a Literal, a flag for a bool,
 repeatable for a list) and its default are read from the field, so that the command line cannot drift from the
 config. The other options say where the run starts (BaseConfig: --base, --arch, --small-stem, --width), which
 stage it is (--data, --steps, --name), where it writes (--out, --resume), and which optional sections are on
 (SWITCHES). Every StageConfig field with no option of its own is in SET_ONLY, reached with `--set KEY=VALUE`.
-tests/test_cli_options.py checks all of this against StageConfig, BaseConfig and hpt's pretrain().
+tests/cli/test_stage_options.py checks all of this against StageConfig, BaseConfig and hpt's pretrain();
+tests/api/test_signatures.py checks the options against hpt.api.pretrain().
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 import click
 
 from hpt.cli.backbone_options import architecture_options
-from hpt.config import apply_overrides, field_at, nested
+from hpt.config import field_at
 from hpt.methods import METHODS
 from hpt.pretrain.config import StageConfig
 
@@ -153,17 +155,3 @@ def pretrain_options(func: F) -> F:
         func = (option.option() if isinstance(option, Setting) else option)(func)
     return func
 
-
-def stage_settings(values: Mapping[str, Any], switched_on: Mapping[str, bool],
-                   set_items: Sequence[str]) -> dict[str, Any]:
-    """The stage settings of the Settings' values (by parameter name), with each section of SWITCHES left out (None)
-    unless switched on, then `--set KEY=VALUE` items applied over them."""
-    settings = nested({s.key: _plain(values[s.name]) for s in SETTINGS})
-    for section in SWITCHES:
-        if not switched_on[section]:
-            settings[section] = None
-    return apply_overrides(settings, list(set_items))
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value  # a repeatable option's values: a list, as in YAML

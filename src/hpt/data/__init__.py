@@ -1,4 +1,4 @@
-"""Data: specs (`npz:PATH?split=train`), image data sets (npz, npy, folder, csv), WebDataset streams (wds),
+"""Data: specs (`npz:PATH?split=train`), image data sets (npz, npy, folder, csv, dicom), WebDataset streams (wds),
 channel stats, resumable loaders."""
 
 from __future__ import annotations
@@ -10,9 +10,16 @@ from typing import Any
 from hpt.data.arrays import NpzDataset
 from hpt.data.base import ImageDataset
 from hpt.data.csvlist import CsvDataset
+from hpt.data.dicomdir import DicomDataset
 from hpt.data.folder import FolderDataset
-from hpt.data.loader import (AnyDataset, StepBatchSampler, batch_loader, loader_defaults, make_eval_loader,
-                             make_loader)
+from hpt.data.loader import (
+    AnyDataset,
+    StepBatchSampler,
+    batch_loader,
+    loader_defaults,
+    make_eval_loader,
+    make_loader,
+)
 from hpt.data.npy import NpyDataset, npz_to_npy_dir
 from hpt.data.spec import KINDS, DataSpec, moved_data, parse_data_spec
 from hpt.data.stats import channel_stats
@@ -21,7 +28,8 @@ from hpt.data.wdsindex import expand_braces
 from hpt.errors import HptError
 
 __all__ = [
-    "KINDS", "STREAM_KINDS", "AnyDataset", "CsvDataset", "DataSpec", "FolderDataset", "ImageDataset", "NpyDataset",
+    "KINDS", "STREAM_KINDS", "AnyDataset", "CsvDataset", "DataSpec", "DicomDataset", "FolderDataset", "ImageDataset",
+    "NpyDataset",
     "NpzDataset", "StepBatchSampler", "WdsDataset", "batch_loader", "channel_stats", "expand_braces",
     "loader_defaults", "make_eval_loader", "make_loader", "moved_data", "npz_to_npy_dir", "open_any",
     "open_dataset", "open_stream", "parse_data_spec",
@@ -29,7 +37,7 @@ __all__ = [
 
 STREAM_KINDS: tuple[str, ...] = ("wds",)  # read as a stream (WdsDataset), not by index
 _KIND_CLASSES: dict[str, type[ImageDataset]] = {"npz": NpzDataset, "npy": NpyDataset, "folder": FolderDataset,
-                                                "csv": CsvDataset}
+                                                "csv": CsvDataset, "dicom": DicomDataset}
 
 
 def open_dataset(spec: str | Path | Mapping[str, Any] | DataSpec) -> ImageDataset:

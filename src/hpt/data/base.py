@@ -20,6 +20,7 @@ log = logging.getLogger("hpt")
 
 class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Images as uint8 (C,H,W) tensors with an int64 label: scalar, (K,) 0/1 multi-label, or -1 when unlabelled.
+    Data sets of 16-bit, multi-channel or DICOM files give float32 images in [0, 1] instead (``pixel_dtype``).
 
     Subclasses set the attributes below and implement :meth:`_image`; in-memory ones may override
     :meth:`get_batch` with a faster gather.
@@ -34,6 +35,7 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     class_names: list[str] | None
     skipped: list[str]
     in_memory: bool = False  # True: images live in one array, loading in the main process is fastest
+    pixel_dtype: torch.dtype = torch.uint8  # float32 (values in [0, 1]) for wide data (hpt.data.files)
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -72,7 +74,7 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         """Images (B,C,H,W) uint8 and labels (B,) / (B,K) int64 for a list of indices, in that order."""
         idx = np.asarray(indices, dtype=np.int64)
         images = torch.stack([self._image(int(i)) for i in idx]) if len(idx) else torch.empty(
-            (0, self.num_channels, *self.image_size), dtype=torch.uint8)
+            (0, self.num_channels, *self.image_size), dtype=self.pixel_dtype)
         return images, self.batch_labels(idx)
 
     def summary(self) -> str:

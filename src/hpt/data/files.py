@@ -1,4 +1,9 @@
-"""Shared code for data sets of image files (folder and csv kinds): header checks, decoding, the dataset base."""
+"""Shared code for data sets of image files (folder, csv and dicom kinds): header checks, decoding, the dataset base.
+
+Ordinary images (8-bit, gray or RGB) are decoded by Pillow to uint8. A data set holding a DICOM file, or a TIFF
+with more than 8 bits per sample or a channel count other than 1 or 3, is read "wide": every image as float32
+(C, H, W) in [0, 1] (hpt.data.dicom, hpt.data.tiff), with the channel count of its files.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +19,22 @@ from typing import IO
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from hpt.data.base import ImageDataset, select
+from hpt.data.dicom import is_dicom_file, probe_dicom, read_dicom
+from hpt.data.header import Header
 from hpt.data.spec import DataSpec
+from hpt.data.tiff import (
+    is_tiff,
+    needs_tifffile,
+    pillow_tiff_check,
+    read_tiff,
+    tiff_layout,
+)
 from hpt.errors import HptError
+from hpt.extras import has_extra
 
 log = logging.getLogger("hpt")
 
@@ -28,16 +44,6 @@ SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 MAX_LISTED = 10
 
 
-@dataclass(frozen=True)
-class Header:
-    """What opening a file (without decoding its pixels) told us; error is None when it looked fine."""
-
-    size: tuple[int, int] | None  # PIL order: (width, height)
-    mode: str | None
-    error: str | None
-    missing: bool = False
-
-
 def is_image_file(name: str) -> bool:
     """True for the image suffixes we decode (case-insensitive)."""
     return name.lower().endswith(IMAGE_EXTENSIONS)
@@ -45,6 +51,33 @@ def is_image_file(name: str) -> bool:
 
 def probe(path: str) -> Header:
     """Read one file's header and verify its structure (cheap: no pixel decoding)."""
+    if is_dicom_file(path):
+        return probe_dicom(path)
+    if is_tiff(path):
+        return _probe_tiff(path)
+    return _probe_pillow(path)
+
+
+def _probe_tiff(path: str) -> Header:
+    """A TIFF's header through tifffile when installed (else Pillow, refusing what it would read only in part)."""
+    if not has_extra("tifffile"):
+        pillow_tiff_check(path)
+        return _probe_pillow(path)
+    try:
+        size, channels, dtype = tiff_layout(path)
+    except FileNotFoundError:
+        return Header(None, None, "missing", missing=True)
+    except HptError:
+        raise
+    except Exception as err:  # noqa: BLE001 - tifffile raises many types for damaged files
+        return Header(None, None, f"{type(err).__name__}: {err}")
+    if dtype.kind == "f":
+        return Header(size, "F", None, channels=channels)
+    mode = "I;16" if dtype.itemsize > 1 else "L" if channels == 1 else "RGB"
+    return Header(size, mode, None, channels=channels, wide=needs_tifffile(mode, channels))
+
+
+def _probe_pillow(path: str) -> Header:
     try:
         with Image.open(path) as img:
             size, mode = img.size, img.mode
@@ -83,6 +116,7 @@ class FileCheck:
     skipped: list[str]
     size: tuple[int, int] | None
     channels: int
+    wide: bool = False
 
 
 def check_files(paths: list[str], spec: DataSpec, display_root: Path, missing_hint: str) -> FileCheck:
@@ -120,11 +154,31 @@ def check_files(paths: list[str], spec: DataSpec, display_root: Path, missing_hi
         for i in keep:
             if headers[int(i)].size != size:
                 raise mixed_size_error(size, show(first), headers[int(i)].size, show(int(i)))  # type: ignore[arg-type]
+    if any(headers[int(i)].wide for i in keep):
+        return FileCheck(keep, skipped, size, _wide_channels([headers[int(i)] for i in keep], spec,
+                                                             [show(int(i)) for i in keep]), wide=True)
     if spec.grayscale is not None:
         channels = 1 if spec.grayscale else 3
     else:
         channels = 1 if all(headers[int(i)].mode in GRAY_MODES for i in keep) else 3
     return FileCheck(keep, skipped, size, channels)
+
+
+def _wide_channels(headers: list[Header], spec: DataSpec, names: list[str]) -> int:
+    """The channel count of a wide data set: its files' own (gray and RGB files together are RGB); grayscale=
+    converts between 1 and 3 channels only."""
+    counts = [h.channels or (1 if h.mode in GRAY_MODES else 3) for h in headers]
+    found = sorted(set(counts))
+    if len(found) > 1 and not set(found) <= {1, 3}:
+        a, b = counts.index(found[0]), counts.index(found[-1])
+        raise HptError(f"images with different channel counts ({found[0]} in {names[a]}, {found[-1]} in {names[b]}); "
+                       "every image of a data set needs the same channels")
+    channels = max(found)
+    if spec.grayscale is not None:
+        if channels not in (1, 3):
+            raise HptError(f"grayscale= applies to gray or RGB images, but these have {channels} channels; remove it")
+        channels = 1 if spec.grayscale else 3
+    return channels
 
 
 def _display(path: str, root: Path) -> str:
@@ -154,6 +208,32 @@ def decode(path: str | IO[bytes], channels: int, size: int | None) -> Image.Imag
             out = out.resize((size, size), Image.Resampling.BILINEAR)
         out.load()
         return out
+
+
+def decode_wide(path: str, spec: DataSpec, channels: int) -> torch.Tensor:
+    """Decode one file of a wide data set to float32 (channels, H, W) in [0, 1], resized to size x size if given
+    (bilinear, antialiased, as for 8-bit images)."""
+    if is_dicom_file(path):
+        data = torch.from_numpy(read_dicom(path, spec.window))
+    elif is_tiff(path) and has_extra("tifffile"):
+        data = torch.from_numpy(read_tiff(path))
+    else:
+        with Image.open(path) as img:
+            if img.mode in SIXTEEN_BIT_MODES:
+                arr = np.asarray(img, dtype=np.float32) / 65535.0
+            else:
+                arr = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+        data = torch.from_numpy(np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)))
+    if data.shape[0] != channels:
+        if {int(data.shape[0]), channels} != {1, 3}:
+            raise HptError(f"{path} has {data.shape[0]} channels, the other images of the data set {channels}; "
+                           "every image of a data set needs the same channels")
+        luma = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)  # as Pillow's RGB -> L
+        data = data.expand(3, -1, -1) if channels == 3 else (data * luma).sum(0, keepdim=True)
+    if spec.size is not None and tuple(data.shape[1:]) != (spec.size, spec.size):
+        data = F.interpolate(data[None], size=(spec.size, spec.size), mode="bilinear", antialias=True,
+                             align_corners=False)[0]
+    return data.contiguous()
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
@@ -191,6 +271,8 @@ class FileImageDataset(ImageDataset):
         self.class_names = second.class_names
         self.skipped = check.skipped
         self.num_channels = check.channels
+        self.wide = check.wide
+        self.pixel_dtype = torch.float32 if check.wide else torch.uint8
         assert check.size is not None
         self._reference = (check.size, _display(files[0], display_root))
         self.image_size = (spec.size, spec.size) if spec.size is not None else (check.size[1], check.size[0])
@@ -200,6 +282,13 @@ class FileImageDataset(ImageDataset):
 
     def _decode(self, i: int) -> torch.Tensor:
         path = self.files[i]
+        if self.wide:
+            data = decode_wide(path, self.spec, self.num_channels)
+            height, width = int(data.shape[1]), int(data.shape[2])
+            if self.spec.size is None and (width, height) != self._reference[0]:
+                raise mixed_size_error(self._reference[0], self._reference[1], (width, height),
+                                       _display(path, self.display_root))
+            return data
         img = decode(path, self.num_channels, self.spec.size)
         if self.spec.size is None and img.size != self._reference[0]:
             raise mixed_size_error(self._reference[0], self._reference[1], img.size,

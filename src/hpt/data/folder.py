@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +31,20 @@ class FolderDataset(FileImageDataset):
     The walk is cached (see :mod:`hpt.data.listing`): reopening an unchanged folder only stats its directories.
     """
 
+    kind = "folder"
+    #: which file names are images of this kind, and how a message names them
+    accepts: Callable[[str], bool] = staticmethod(is_image_file)
+    what = f"images ({', '.join(IMAGE_EXTENSIONS)})"
+
     def __init__(self, spec: DataSpec, cache_dir: Path | None = None) -> None:
-        if spec.kind != "folder":
-            raise ValueError(f"FolderDataset needs a folder spec, got {spec.kind}")
+        if spec.kind != self.kind:
+            raise ValueError(f"{type(self).__name__} needs a {self.kind} spec, got {spec.kind}")
         root = spec.path.expanduser()
         if not root.is_dir():
             where = "is a file" if root.exists() else "does not exist"
             raise HptError(f"image folder {root} {where}; check the path in the data spec")
-        found = cached_walk([str(root.resolve()), spec.split], lambda walker: _walk(root, spec.split, walker),
-                            cache_dir)
+        key = [str(root.resolve()), spec.split] + ([] if self.kind == "folder" else [self.kind])
+        found = cached_walk(key, lambda walker: walk(root, spec.split, walker, self.accepts, self.what), cache_dir)
         prefix = os.path.join(str(root), "")
         files = [prefix + rel for rel in found["files"]]
         class_names: list[str] | None = found["class_names"]
@@ -49,11 +55,13 @@ class FolderDataset(FileImageDataset):
                     class_names, root, "the folder changed while it was read; try again", root)
 
 
-def _walk(root: Path, split: str, walker: Walker) -> dict[str, Any]:
-    """List the split's images: {"files": paths relative to root, "labels", "class_names", "partly_flat"}."""
+def walk(root: Path, split: str, walker: Walker, accepts: Callable[[str], bool] = is_image_file,
+         what: str = "images") -> dict[str, Any]:
+    """List the split's images (files whose name `accepts`): {"files": paths relative to root, "labels",
+    "class_names", "partly_flat"}."""
     walker.note(root)  # split subfolders appearing or vanishing change root's mtime
     chosen, siblings = _split_dirs(root, split)
-    layouts = {d: _layout(d, walker) for d in dict.fromkeys(chosen + siblings)}
+    layouts = {d: _layout(d, walker, accepts) for d in dict.fromkeys(chosen + siblings)}
     class_names = sorted({c for d, (_, classes) in layouts.items() for c in classes})
     files: list[str] = []
     labels: list[int] = []
@@ -66,14 +74,13 @@ def _walk(root: Path, split: str, walker: Walker) -> dict[str, Any]:
                            "or point the data spec at a folder of one kind")
         if classes:
             for c in classes:
-                found = _images_under(d / c, walker)
+                found = _images_under(d / c, walker, accepts)
                 files.extend(found)
                 labels.extend([class_names.index(c)] * len(found))
         else:
             files.extend(str(d / name) for name in top)
     if not files:
-        names = ", ".join(IMAGE_EXTENSIONS)
-        raise HptError(f"no images ({names}) found in {', '.join(map(str, chosen))}; "
+        raise HptError(f"no {what} found in {', '.join(map(str, chosen))}; "
                        "check the path and split of the data spec")
     cut = len(os.path.join(str(root), ""))
     return {"files": [f[cut:] for f in files], "labels": None if flat else labels,
@@ -97,7 +104,7 @@ def _split_dirs(root: Path, split: str) -> tuple[list[Path], list[Path]]:
                    "only has split=train (or all): use one of those or point at the split's own folder")
 
 
-def _layout(folder: Path, walker: Walker) -> tuple[list[str], list[str]]:
+def _layout(folder: Path, walker: Walker, accepts: Callable[[str], bool]) -> tuple[list[str], list[str]]:
     """(image file names at the top level, sorted; class subfolder names, sorted), hidden entries ignored."""
     top: list[str] = []
     dirs: list[str] = []
@@ -106,19 +113,19 @@ def _layout(folder: Path, walker: Walker) -> tuple[list[str], list[str]]:
             continue
         if is_dir:
             dirs.append(name)
-        elif is_file and is_image_file(name):
+        elif is_file and accepts(name):
             top.append(name)
     return sorted(top), sorted(dirs)
 
 
-def _images_under(folder: Path, walker: Walker) -> list[str]:
+def _images_under(folder: Path, walker: Walker, accepts: Callable[[str], bool]) -> list[str]:
     """All image files below folder (recursive, hidden entries ignored), in sorted path order."""
     found: list[str] = []
     for name, path, is_dir, is_file in sorted(walker.scandir(folder)):
         if name.startswith("."):
             continue
         if is_dir:
-            found.extend(_images_under(Path(path), walker))
-        elif is_file and is_image_file(name):
+            found.extend(_images_under(Path(path), walker, accepts))
+        elif is_file and accepts(name):
             found.append(path)
     return found

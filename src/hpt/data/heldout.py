@@ -48,7 +48,7 @@ def has_split(spec: DataSpec, split: str) -> bool:
             return f"{split}_images" in arrays.files
     if spec.kind == "npy":
         return (path / f"{split}_images.npy").is_file()
-    if spec.kind == "folder":
+    if spec.kind in ("folder", "dicom"):  # a dicom list file has no splits
         return (path / split).is_dir()
     if spec.kind != "csv":
         return False
@@ -104,7 +104,9 @@ def _may_be_labelled(spec: DataSpec) -> bool:
             return "train_labels" in arrays.files
     if spec.kind == "npy":
         return (path / "train_labels.npy").is_file()
-    if spec.kind == "folder":  # labelled: class subfolders under the train folder (or the folder itself)
+    if spec.kind == "dicom" and not path.is_dir():  # a list of files: unlabelled
+        return False
+    if spec.kind in ("folder", "dicom"):  # labelled: class subfolders under the train folder (or the folder itself)
         root = path / "train" if (path / "train").is_dir() else path
         return any(entry.is_dir() and not entry.name.startswith(".") for entry in root.iterdir())
     return True

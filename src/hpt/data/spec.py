@@ -3,7 +3,9 @@
 String form ``KIND:PATH[?key=value&key=value...]``, e.g. ``npz:data/mnist_28.npz?split=val&fraction=0.1``;
 a bare path infers KIND from its suffix (.npz, .csv, .tar) or from being a directory (folder).
 Kinds: npz (in memory), npy (a folder of memory-mapped .npy arrays), folder and csv (image files),
+dicom (a folder of .dcm files, or a text file listing them: ``dicom:scans/?window=40,400``),
 wds (WebDataset .tar shards, streamed: ``wds:/data/shard-{000000..000099}.tar``).
+16-bit and multi-channel TIFF files are read in full by folder and csv data (hpt.data.tiff).
 Mapping form ``{kind: npz, path: ..., split: val, ...}`` gives the same :class:`DataSpec`.
 Values in the string form are percent-decoded (``%26`` for ``&``); list values are comma-separated.
 """
@@ -22,14 +24,15 @@ from urllib.parse import quote, unquote
 
 from hpt.errors import HptError
 
-KINDS: tuple[str, ...] = ("npz", "npy", "folder", "csv", "wds")
+KINDS: tuple[str, ...] = ("npz", "npy", "folder", "csv", "dicom", "wds")
 UNCERTAIN_POLICIES: tuple[str, ...] = ("zeros", "ones")
 # Keys accepted after `?` (string form) or beside kind/path (mapping form), in canonical order.
 OPTION_KEYS: tuple[str, ...] = (
     "split", "fraction", "count", "seed", "classes", "size", "skip_corrupt", "grayscale",
-    "path_column", "label_columns", "root", "uncertain", "exclude_heldout",
+    "path_column", "label_columns", "root", "uncertain", "exclude_heldout", "window",
 )
 CSV_ONLY_KEYS: tuple[str, ...] = ("path_column", "label_columns", "root", "uncertain")
+WINDOW_KINDS: tuple[str, ...] = ("dicom", "csv")  # kinds whose files may be DICOM (window= applies)
 FILE_ONLY_KEYS: tuple[str, ...] = ("skip_corrupt",)
 ARRAY_KINDS: tuple[str, ...] = ("npz", "npy")
 _TRUE = {"true", "yes", "on", "1"}
@@ -57,6 +60,8 @@ class DataSpec:
     # Leave out the train images that evaluation sets aside as val/test when the data has no such split
     # (hpt.data.heldout): pretraining then never sees an image that evaluation scores.
     exclude_heldout: bool = False
+    # DICOM display window (center, width) in rescaled units (e.g. Hounsfield): overrides the files' own window.
+    window: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         # Normalise convenient input types (str paths, lists), then validate every field.
@@ -69,6 +74,8 @@ class DataSpec:
             object.__setattr__(self, "label_columns", _split_list(self.label_columns))
         elif self.label_columns is not None:
             object.__setattr__(self, "label_columns", tuple(self.label_columns))
+        if self.window is not None:
+            object.__setattr__(self, "window", tuple(float(v) for v in self.window))
         _validate(self)
 
     def describe(self) -> str:
@@ -219,7 +226,7 @@ def infer_kind(path: Path, source: str | None = None) -> str:
         return "folder"
     where = "it does not exist" if not path.expanduser().exists() else "it is not a .npz, a .csv or a directory"
     raise HptError(f"cannot tell what kind of data '{source or path}' is ({where}); "
-                   f"write the kind before the path: npz:PATH, folder:PATH or csv:PATH (or npy:DIR, wds:PATTERN)")
+                   f"write the kind before the path: npz:PATH, folder:PATH or csv:PATH (or npy:DIR, dicom:DIR, wds:PATTERN)")
 
 
 def _check_key(key: str, source: str, *, allow_kind_path: bool) -> None:
@@ -266,6 +273,14 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if not isinstance(items, (list, tuple)):
             raise bad("a comma-separated list of column names")
         return tuple(str(item) for item in items)
+    if key == "window":
+        items = _split_list(value) if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or len(items) != 2:
+            raise bad("a window CENTER,WIDTH, e.g. window=40,400")
+        try:
+            return tuple(float(item) for item in items)
+        except (TypeError, ValueError):
+            raise bad("a window CENTER,WIDTH, e.g. window=40,400") from None
     if key == "root":
         return Path(str(value))
     return str(value)
@@ -330,6 +345,11 @@ def _validate(spec: DataSpec) -> None:
         for key in CSV_ONLY_KEYS:
             if getattr(spec, key) != defaults[key].default:
                 raise HptError(f"{key} only applies to csv data, not {spec.kind}; remove it")
+    if spec.window is not None:
+        if spec.kind not in WINDOW_KINDS:
+            raise HptError(f"window applies to DICOM files (dicom or csv data), not {spec.kind}; remove it")
+        if len(spec.window) != 2 or not all(math.isfinite(v) for v in spec.window) or spec.window[1] <= 0:
+            raise HptError(f"window must be CENTER,WIDTH with a positive width, got {list(spec.window)}")
     if spec.kind in ARRAY_KINDS:
         for key in FILE_ONLY_KEYS:
             if getattr(spec, key) != defaults[key].default:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from hpt.atomic import atomic_write
-from hpt.augment import EvalTransform
+from hpt.augment import EvalTransform, model_channels
 from hpt.data import ImageDataset, channel_stats
 from hpt.device import cache_root
 from hpt.errors import HptError
@@ -21,6 +21,7 @@ from hpt.eval.splits import LabelledSplits, SplitView
 from hpt.models import ResNet, build_backbone, weights_sha256
 from hpt.models.families import arch_of, describe, image_size_problem
 from hpt.models.inference import inference_copy
+from hpt.models.stem import adapt_stem
 
 log = logging.getLogger("hpt")
 FEATURES_VERSION = 2  # bump when extraction changes, to invalidate cached features
@@ -57,13 +58,16 @@ def eval_transform(splits: LabelledSplits, image_size: int | None,
                    model: torch.nn.Module | None = None) -> EvalTransform:
     """Resize (when asked) and normalise with the training split's own channel statistics. With `model`: an
     HptError, before any work, when images of that size do not fit it (a ViT needs a multiple of its patch size,
-    a ConvNeXt a minimum size; hpt.models.families.image_size_problem)."""
+    a ConvNeXt a minimum size; hpt.models.families.image_size_problem). A 3-channel `model` is adapted in place to
+    data of other channel counts."""
     size = image_size or splits.train.dataset.image_size[0]
     problem = image_size_problem(model, size) if model is not None else ""
     if problem:
         given = "--image-size (eval.image_size)" if image_size else "the data's own size; set --image-size"
         raise HptError(f"cannot evaluate at {size} px ({given}): {problem}")
     mean, std = channel_stats(splits.train.dataset)
+    if model is not None:  # N-channel data: the stem of a 3-channel backbone is adapted (hpt.models.stem)
+        adapt_stem(model, model_channels(splits.train.dataset.num_channels), where="the evaluated backbone")
     return EvalTransform(mean, std, size)
 
 

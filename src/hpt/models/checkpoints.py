@@ -167,7 +167,7 @@ def inspect_lines(info: CheckpointInfo) -> list[str]:
     lines = [f"file:        {info.path}", f"format:      {info.format}"]
     if info.spec is not None:
         spec = info.spec
-        lines.append(f"arch:        {spec.arch} (small_stem={spec.small_stem}, width={spec.width})")
+        lines.append(f"arch:        {spec}")
     elif info.architecture:
         lines.append(f"arch:        {info.architecture}")
     lines.append(f"parameters:  {info.num_params:,} in {info.backbone_keys} backbone tensors")
@@ -188,7 +188,9 @@ def _claimed_spec(meta: Mapping[str, str], state: Mapping[str, Tensor]) -> Backb
     conv1 = state.get("conv1.weight")
     small_stem = meta["small_stem"] == "True" if "small_stem" in meta else conv1 is not None and conv1.shape[-1] == 3
     width = meta.get("width", "")
-    return BackboneSpec(str(arch), small_stem, int(width) if width.isdigit() else 64 if conv1 is None else conv1.shape[0])
+    chans = meta.get("in_chans", "")
+    return BackboneSpec(str(arch), small_stem, int(width) if width.isdigit() else 64 if conv1 is None else conv1.shape[0],
+                        int(chans) if chans.isdigit() else 3 if conv1 is None else int(conv1.shape[1]))
 
 
 def _short(title: str, items: list[str], show: int = 3) -> str:
@@ -208,7 +210,7 @@ def check_loadable(state: Mapping[str, Tensor], info: CheckpointInfo) -> LoadChe
             problem = str(err)
         return LoadCheck(None, False, problem=problem)
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        model = build_resnet(target.arch, small_stem=target.small_stem, width=target.width)
+        model = build_resnet(target.arch, small_stem=target.small_stem, width=target.width, in_chans=target.in_chans)
     model_state = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
     missing, unexpected, shapes = _check_strict(model_state, state)
     if not (missing or unexpected or shapes):
@@ -219,7 +221,7 @@ def check_loadable(state: Mapping[str, Tensor], info: CheckpointInfo) -> LoadChe
 
 
 def _spec_of(model: ResNet) -> BackboneSpec:
-    return BackboneSpec(model.arch, model.small_stem, model.width)
+    return BackboneSpec(model.arch, model.small_stem, model.width, model.in_chans)
 
 
 def _flag_hint(ckpt: BackboneSpec, model: BackboneSpec) -> str:
@@ -319,12 +321,14 @@ def build_backbone(
         arch if arch is not None else info.spec.arch,
         small_stem if small_stem is not None else info.spec.small_stem,
         width if width is not None else info.spec.width,
+        info.spec.in_chans,
     )
     if wanted != info.spec:
         raise HptError(
             f"the checkpoint {info.path} is a {info.spec} but the model asked for is {wanted}; "
             f"{_flag_hint(info.spec, wanted)}"
         )
-    resnet = build_resnet(info.spec.arch, small_stem=info.spec.small_stem, width=info.spec.width)
+    resnet = build_resnet(info.spec.arch, small_stem=info.spec.small_stem, width=info.spec.width,
+                          in_chans=info.spec.in_chans)
     _load_state(resnet, state, info)
     return resnet, info

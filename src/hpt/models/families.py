@@ -34,6 +34,7 @@ from hpt.models.convnext import (
 )
 from hpt.models.convnext_layouts import convnext_from_state_dict
 from hpt.models.resnet import ARCHS, ResNet, build_resnet
+from hpt.models.stem import stem_channels
 from hpt.models.vit import VIT_CONFIGS, VisionTransformer, VitConfig, build_vit
 from hpt.models.vit_layouts import build_vit_from_state
 
@@ -88,24 +89,24 @@ def arch_names() -> str:
             f"{', '.join(a for a in CONVNEXT_ARCHS if a.endswith(('atto', 'tiny')))}, ... (with _patch<P>)")
 
 
-def build_random(arch: str, *, small_stem: bool = False, width: int | None = None) -> nn.Module:
-    """A randomly initialised backbone of the named architecture (no classifier head)."""
+def build_random(arch: str, *, small_stem: bool = False, width: int | None = None, in_chans: int = 3) -> nn.Module:
+    """A randomly initialised backbone of the named architecture (no classifier head) taking `in_chans` channels."""
     if arch in ARCHS:
-        return build_resnet(arch, small_stem=small_stem, width=64 if width is None else width)
+        return build_resnet(arch, small_stem=small_stem, width=64 if width is None else width, in_chans=in_chans)
     if small_stem or width is not None:
         raise HptError(f"small_stem and width are ResNet options; {arch} takes its size from its name "
                        "(e.g. vit_tiny_patch4_32, convnext_atto_patch2)")
     vit = _VIT_NAME.match(arch)
     if vit:
         name, patch, img, reg, dinov2 = vit.groups()
-        options: dict[str, Any] = {"patch_size": int(patch or 16), "reg_tokens": int(reg or 0)}
+        options: dict[str, Any] = {"patch_size": int(patch or 16), "reg_tokens": int(reg or 0), "in_chans": in_chans}
         options["img_size"] = int(img) if img else (518 if options["patch_size"] == 14 else 224)
         if dinov2:
             options.update(init_values=1e-5, pos_interp="dinov2", no_embed_class=bool(reg))
         return build_vit(name, **options)
     convnext = _CONVNEXT_NAME.match(arch)
     if convnext and convnext.group(1) in CONVNEXT_ARCHS:
-        return build_convnext(convnext.group(1), patch_size=int(convnext.group(2) or 4))
+        return build_convnext(convnext.group(1), patch_size=int(convnext.group(2) or 4), in_chans=in_chans)
     raise HptError(f"unknown architecture {arch!r}; choose one of: {arch_names()}")
 
 
@@ -128,7 +129,8 @@ def arch_of(model: nn.Module) -> str:
 def describe(model: nn.Module) -> str:
     """One line naming the backbone's architecture (for logs, inspect and error messages)."""
     if isinstance(model, ResNet):
-        return f"{model.arch} (small_stem={model.small_stem}, width={model.width})"
+        chans = f", in_chans={model.in_chans}" if model.in_chans != 3 else ""
+        return f"{model.arch} (small_stem={model.small_stem}, width={model.width}{chans})"
     if isinstance(model, VisionTransformer):
         cfg = model.config
         heads = f"{cfg.num_heads} head" + ("s" if cfg.num_heads != 1 else "")
@@ -161,9 +163,10 @@ def image_size_problem(model: nn.Module, size: int) -> str:
 
 
 def metadata(model: nn.Module) -> dict[str, str]:
-    """What a saved backbone records to be rebuilt exactly: ``family`` and ``arch``, plus the ResNet's stem and
-    width or the ViT's whole config (its head count cannot be read from the weights)."""
-    meta = {"family": family_of(model), "arch": arch_of(model)}
+    """What a saved backbone records to be rebuilt exactly: ``family``, ``arch`` and ``in_chans`` (its input
+    channels), plus the ResNet's stem and width or the ViT's whole config (its head count cannot be read from the
+    weights)."""
+    meta = {"family": family_of(model), "arch": arch_of(model), "in_chans": str(stem_channels(model))}
     if isinstance(model, ResNet):
         meta.update({"small_stem": str(model.small_stem), "width": str(model.width)})
     elif isinstance(model, VisionTransformer):

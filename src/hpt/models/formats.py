@@ -50,9 +50,11 @@ class BackboneSpec:
     arch: str
     small_stem: bool
     width: int
+    in_chans: int = 3
 
     def __str__(self) -> str:
-        return f"{self.arch} (small_stem={self.small_stem}, width={self.width})"
+        chans = f", in_chans={self.in_chans}" if self.in_chans != 3 else ""
+        return f"{self.arch} (small_stem={self.small_stem}, width={self.width}{chans})"
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -297,8 +299,6 @@ def infer_spec(state: Mapping[str, Tensor]) -> BackboneSpec:
     if conv1 is None or conv1.dim() != 4 or conv1.shape[2] != conv1.shape[3] or conv1.shape[2] not in (3, 7):
         shape = None if conv1 is None else tuple(conv1.shape)
         raise HptError(f"not a recognised ResNet: conv1.weight is {shape}, expected (width, 3, 7, 7) or (width, 3, 3, 3)")
-    if conv1.shape[1] != 3:
-        raise HptError(f"not a recognised ResNet: conv1 takes {conv1.shape[1]} input channels, hpt models take 3")
     width = int(conv1.shape[0])
     bn1 = state.get("bn1.weight")
     if bn1 is not None and tuple(bn1.shape) != (width,):
@@ -323,4 +323,4 @@ def infer_spec(state: Mapping[str, Tensor]) -> BackboneSpec:
             f"not a recognised ResNet: {kind} blocks with depths {list(depths)}; hpt supports {', '.join(ARCHS)} "
             "(basic [2,2,2,2], basic [3,4,6,3], bottleneck [3,4,6,3])"
         )
-    return BackboneSpec(arch=arch, small_stem=conv1.shape[2] == 3, width=width)
+    return BackboneSpec(arch=arch, small_stem=conv1.shape[2] == 3, width=width, in_chans=int(conv1.shape[1]))

@@ -5,6 +5,7 @@ Differences from ``torchvision.models.resnet`` (none of which change a key or a 
 * every BatchNorm is a :class:`SplitBatchNorm2d` (emulates per-GPU BatchNorm for MoCo's shuffle-BN);
 * ``small_stem=True`` swaps the 7x7/stride-2 stem and max-pool for a 3x3/stride-1 conv (28-64 px images);
 * ``width`` scales every layer (64 is torchvision's);
+* ``in_chans`` sets conv1's input channels (3, torchvision's, by default; see hpt.models.stem for N channels);
 * without ``num_classes`` the model has no ``fc`` (and no ``fc.*`` keys) and returns pooled features.
 """
 
@@ -152,6 +153,7 @@ class ResNet(nn.Module):
     arch: str
     small_stem: bool
     width: int
+    in_chans: int
     feature_dim: int
     fc: nn.Linear | None
 
@@ -163,17 +165,21 @@ class ResNet(nn.Module):
         width: int = 64,
         num_classes: int | None = None,
         zero_init_residual: bool = False,
+        in_chans: int = 3,
     ) -> None:
         super().__init__()
         _check_args(arch, width, num_classes)
+        if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+            raise HptError(f"in_chans must be a positive integer (3 for RGB), got {in_chans!r}")
+        self.in_chans = in_chans
         kind, depths = _LAYOUTS[arch]
         block: type[BasicBlock | Bottleneck] = BasicBlock if kind == "basic" else Bottleneck
         self.arch, self.small_stem, self.width = arch, bool(small_stem), int(width)
         self.feature_dim = 8 * width * block.expansion
         if small_stem:
-            self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+            self.conv1 = nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False)
         else:
-            self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+            self.conv1 = nn.Conv2d(in_chans, width, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = SplitBatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool: nn.Module = nn.Identity() if small_stem else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -255,6 +261,8 @@ def build_resnet(
     width: int = 64,
     num_classes: int | None = None,
     zero_init_residual: bool = False,
+    in_chans: int = 3,
 ) -> ResNet:
     """Build a randomly initialised ResNet; ``num_classes=None`` gives a backbone without ``fc``."""
-    return ResNet(arch, small_stem=small_stem, width=width, num_classes=num_classes, zero_init_residual=zero_init_residual)
+    return ResNet(arch, small_stem=small_stem, width=width, num_classes=num_classes,
+                  zero_init_residual=zero_init_residual, in_chans=in_chans)

@@ -54,6 +54,7 @@ class VitConfig:
     num_classes: int | None = None
     drop_path_rate: float = 0.0
     pos_interp: str = "timm"
+    in_chans: int = 3  # input channels (patch_embed.proj.weight's second dimension)
 
     @property
     def grid(self) -> int:
@@ -67,7 +68,7 @@ class VitConfig:
                 "depth": self.depth, "num_heads": self.num_heads, "mlp_ratio": self.mlp_ratio,
                 "qkv_bias": self.qkv_bias, "reg_tokens": self.reg_tokens, "init_values": self.init_values,
                 "global_pool": self.global_pool, "no_embed_class": self.no_embed_class,
-                "num_classes": self.num_classes or 0, "dynamic_img_size": True}
+                "num_classes": self.num_classes or 0, "dynamic_img_size": True, "in_chans": self.in_chans}
 
 
 # name -> (embed_dim, depth, num_heads); mlp_ratio 4, qkv_bias, patch 16, 224 px unless overridden
@@ -194,7 +195,7 @@ class VisionTransformer(nn.Module):
         self.patch_size, self.img_size, self.grid_size = cfg.patch_size, cfg.img_size, (cfg.grid, cfg.grid)
         self.num_prefix_tokens = 1 + cfg.reg_tokens
         self.global_pool, self.pos_interp = cfg.global_pool, cfg.pos_interp
-        self.patch_embed = PatchEmbed(cfg.patch_size, d)
+        self.patch_embed = PatchEmbed(cfg.patch_size, d, cfg.in_chans)
         # registration order = state-dict order = timm's: cls_token, reg_token, pos_embed, then submodules
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, d)) if cfg.reg_tokens else None

@@ -177,6 +177,7 @@ def infer_vit_config(state: Mapping[str, Tensor], *, num_heads: int | None = Non
         qkv_bias="blocks.0.attn.qkv.bias" in state, reg_tokens=reg,
         init_values=1.0 if "blocks.0.ls1.gamma" in state else None, global_pool=pool,
         no_embed_class=prefix == 0, num_classes=int(head.shape[0]) if head is not None else None,
+        in_chans=int(proj.shape[1]),
     )
     return replace(cfg, **overrides) if overrides else cfg
 

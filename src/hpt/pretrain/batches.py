@@ -6,10 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from hpt import distributed
+from hpt.augment import model_channels
 from hpt.data import channel_stats, make_loader, open_any
 from hpt.errors import HptError
+from hpt.models.stem import adapt_stem
 from hpt.pretrain.config import StageConfig
 
 
@@ -37,6 +40,11 @@ def prepare_data(config: StageConfig, info: distributed.DistInfo, per_rank: int,
         workers=config.workers, device_type=info.device.type,
     )
     return dataset, side, mean, std, loader
+
+
+def fit_stem(backbone: nn.Module, dataset: Any, config: StageConfig) -> bool:
+    """Adapt a 3-channel backbone's stem to the data's channels (hpt.models.stem); True when it was changed."""
+    return adapt_stem(backbone, model_channels(dataset.num_channels), where=f"stage '{config.name}'")
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:

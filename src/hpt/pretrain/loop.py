@@ -24,7 +24,7 @@ from hpt.methods import StepOutput
 from hpt.models import ResNet, save_backbone, weights_sha256
 from hpt.models.lora import merge_lora
 from hpt.pretrain.anchor import BaseAnchor
-from hpt.pretrain.batches import per_rank_batch, prepare_data, step_seed
+from hpt.pretrain.batches import fit_stem, per_rank_batch, prepare_data, step_seed
 from hpt.pretrain.batchnorm import average_bn_statistics, restore_batchnorm
 from hpt.pretrain.build import Training, build_training, parallel, restore
 from hpt.pretrain.checks import guard_stop, probe_stop, start_guard, start_probe
@@ -58,6 +58,7 @@ def train_ssl(
     per_rank = per_rank_batch(config, info)
     start_step = int(state["step"]) if state else 0
     dataset, side, mean, std, loader = prepare_data(config, info, per_rank, start_step)
+    fit_stem(backbone, dataset, config)  # N-channel data: the stem of a 3-channel backbone is adapted
 
     # the method and what trains it, then a saved state (or the previous stage's method) over them
     training = build_training(config, backbone, len(dataset), per_rank, info)

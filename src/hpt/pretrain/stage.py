@@ -35,7 +35,8 @@ from hpt.models import (
     save_backbone,
     weights_sha256,
 )
-from hpt.pretrain.batches import per_rank_batch, prepare_data
+from hpt.models.stem import adapt_stem, saved_channels
+from hpt.pretrain.batches import fit_stem, per_rank_batch, prepare_data
 from hpt.pretrain.batchnorm import reestimate_bn_statistics
 from hpt.pretrain.config import LATER_DEFAULTS, TRAINING_MODES, StageConfig
 from hpt.pretrain.health import FAILED_FILE, TrainingDiverged
@@ -77,6 +78,9 @@ def run_stage(
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
         _check_same(summary["config"], semantic, stage_dir, "finished")
+        channels = saved_channels(str(stage_dir / "backbone.safetensors"))
+        if channels is not None:  # trained on N-channel data: the stem was adapted
+            adapt_stem(backbone, channels, where=f"stage '{config.name}'")
         load_backbone(backbone, stage_dir / "backbone.safetensors")
         log.info("stage '%s' is finished (%s); skipping it", config.name, summary_path)
         return StageResult(config.name, stage_dir, stage_dir / "backbone.safetensors", True, summary)
@@ -286,6 +290,7 @@ def _reestimate_bn(config: StageConfig, backbone: torch.nn.Module, info: distrib
         return {"steps_done": 0, "batchnorm_layers": 0}
     per_rank = per_rank_batch(config, info)
     dataset, side, mean, std, loader = prepare_data(config, info, per_rank, 0)
+    fit_stem(backbone, dataset, config)
     transform = EvalTransform(mean, std, side).to(info.device)
     set_trainable(backbone, "none")
     backbone.to(info.device)

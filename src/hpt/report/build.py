@@ -1,6 +1,8 @@
-"""`hpt report OUT`: tables (report.md), every number (results.csv) and figures, from finished experiment rows.
+"""`hpt report OUT`: tables (report.md), every number (results.csv) and figures, from finished experiment rows; with
+`html=True` also one self-contained page (report.html).
 
-Reads only OUT/experiments/<kind>.jsonl and the evaluations' curve.csv files; trains and evaluates nothing.
+Reads only OUT/experiments/<kind>.jsonl and the evaluations' records (curve.csv, results.json); trains and evaluates
+nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any
 from hpt.atomic import atomic_text_file, atomic_write_text
 from hpt.errors import HptError
 from hpt.report import figures
+from hpt.report.html import write_html
 from hpt.report.parity import parity_sentences
+from hpt.report.published import published_for_rows, reference_line
 from hpt.report.selection import predate_val
 from hpt.report.sweep import sweep_table
 from hpt.report.tables import experiment_table, merge_seeds
@@ -50,14 +54,15 @@ def read_rows(out: Path) -> dict[str, list[dict[str, Any]]]:
     return rows
 
 
-def build_report(out: str | Path, title: str | None = None) -> Path:
-    """Write OUT/report.md (titled `title`, or the folder's name), OUT/results.csv and OUT/figures/*.png."""
+def build_report(out: str | Path, title: str | None = None, html: bool = False) -> Path:
+    """Write OUT/report.md (titled `title`, or the folder's name), OUT/results.csv and OUT/figures/*.png; with
+    `html`, also OUT/report.html (the same report on one page, figures inside). Returns report.md's path."""
     out = Path(out)
     rows = read_rows(out)
     kinds = [k for k in ORDER if k in rows] + sorted(k for k in rows if k not in ORDER)
     _write_csv(out / "results.csv", [row for kind in kinds for row in rows[kind]])
     lines = [f"# {title or out.resolve().name}", "",
-             "Scores are test scores, in percent, with 95% bootstrap intervals over the test images. Every choice "
+             ("Scores are test scores, in percent, with 95% bootstrap intervals over the test images. Every choice "
              "is made on validation scores and the test score is only read for what was chosen: the classifier's "
              "step, the best row of a table ('best on val'), HPT's best point of a convergence curve and the value "
              "of a sweep. A variant 'did not learn' when its embeddings collapsed or its score is not above random "
@@ -65,16 +70,19 @@ def build_report(out: str | Path, title: str | None = None) -> Path:
              "bootstrap interval of their difference, resampling the same test images for both (paired), excludes "
              "0 - or, where per-image outcomes are not kept (AUROC), when their own intervals do not overlap. A "
              "difference 'within noise' is not evidence. These intervals cover the test images' sampling only, not "
-             "a new training seed.", ""]
+             "a new training seed."), ""]
     older = [kind for kind in kinds if predate_val(rows[kind])]
     if older:
-        lines += [f"The rows of {', '.join(older)} predate validation scores: there, the best row or point was "
+        lines += [(f"The rows of {', '.join(older)} predate validation scores: there, the best row or point was "
                   "chosen on test scores, which flatters it; run those experiments again (finished stages and "
-                  "evaluations are reused) to choose on val.", ""]
+                  "evaluations are reused) to choose on val."), ""]
     for kind in kinds:
         merged = merge_seeds(rows[kind])  # results.csv keeps every seed's row; tables and figures their mean
         lines += [f"## {TITLES.get(kind, kind)}", ""]
         lines.append(sweep_table(merged) if kind == "sweep" else experiment_table(merged))
+        reference = published_for_rows(merged, out)
+        if reference is not None:
+            lines += ["", f"> {reference_line(reference, merged[0].get('metric'))}", ""]
         if kind == "convergence":
             for protocol, sentence in parity_sentences(merged):
                 lines += [f"{protocol}: {sentence}", ""]
@@ -82,6 +90,8 @@ def build_report(out: str | Path, title: str | None = None) -> Path:
             lines += [f"![{figure.stem}]({figure.relative_to(out).as_posix()})", ""]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
+    if html:
+        write_html(out, "\n".join(lines), rows)
     return path
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hpt.errors import HptError
+from hpt.report.published import recognise, reference_line
 from hpt.report.selection import chosen_on
 from hpt.report.tables import difference_note, metric_name, score_cell, versus_best
 
@@ -44,14 +45,15 @@ def as_row(name: str, record: dict[str, Any]) -> dict[str, Any]:
 
 
 def compare_evaluations(paths: list[str | Path], names: list[str] | None = None) -> str:
-    """A markdown table of the evaluations (score, interval, vs best) and each one minus the first, paired."""
+    """A markdown table of the evaluations (score, interval, vs best) and each one minus the first, paired; where the
+    test data is a known public set, its published supervised reference below (hpt.report.published)."""
     if len(paths) < 2:
         raise HptError("give at least two evaluations to compare")
     names = list(names or [])
     if names and len(names) != len(paths):
         raise HptError(f"{len(names)} names for {len(paths)} evaluations; give one name per evaluation, or none")
     records = [load_evaluation(p) for p in paths]
-    labels = names or [_default_name(Path(p), r) for p, r in zip(paths, records)]
+    labels = names or [evaluation_name(Path(p), r) for p, r in zip(paths, records)]
     first = records[0]
     for label, record in zip(labels[1:], records[1:]):
         for key, what in (("protocol", "protocol"), ("metric", "metric"), ("data", "test data")):
@@ -62,17 +64,21 @@ def compare_evaluations(paths: list[str | Path], names: list[str] | None = None)
             raise HptError(f"'{label}' was scored on {record['splits']['sizes']['test']} test images and "
                            f"'{labels[0]}' on {first['splits']['sizes']['test']}; evaluate both on the same split")
     rows = [as_row(label, record) for label, record in zip(labels, records)]
-    lines = [f"**{first['protocol']}** - test {metric_name(rows)} [95% bootstrap interval], "
-             f"{rows[0]['test_images']} test images of {first['data']}", "",
+    lines = [(f"**{first['protocol']}** - test {metric_name(rows)} [95% bootstrap interval], "
+             f"{rows[0]['test_images']} test images of {first['data']}"), "",
              "| evaluation | score | vs best |", "|---|---|---|"]
     lines += [f"| {row['variant']} | {score_cell(row)} | {versus_best(row, rows)} |" for row in rows]
     lines.append("")
     if chosen_on(rows) == "test":
         lines.append("The best evaluation was chosen on test scores: these records predate validation scores.")
     lines += [f"- {row['variant']} - {rows[0]['variant']}: {difference_note(row, rows[0])}" for row in rows[1:]]
+    reference = recognise(first["data"]) if isinstance(first.get("data"), str) else None
+    if reference is not None:  # a known public test set: the published supervised score, to place these
+        lines += ["", f"> {reference_line(reference, first['metric'])}"]
     return "\n".join(lines)
 
 
-def _default_name(path: Path, record: dict[str, Any]) -> str:
+def evaluation_name(path: Path, record: dict[str, Any]) -> str:
+    """The name an evaluation goes by when none is given: its stage, else its parent and own folder."""
     folder = path if path.is_dir() else path.parent
     return record.get("stage") or f"{folder.parent.name}/{folder.name}"
