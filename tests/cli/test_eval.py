@@ -41,6 +41,17 @@ def test_knn_prints_a_headline_with_its_interval(capsys: pytest.CaptureFixture[s
     code, out, err = call(capsys, "eval", "knn", *RANDOM, "--data", f"npz:{separable}")
     assert code == 0, err
     assert "knn: test top-1 100.00% [95% CI 100.00-100.00] on 200 test images" in out
+    assert "Published" not in err  # not a known public set
+
+
+def test_a_known_public_set_prints_its_published_reference(capsys: pytest.CaptureFixture[str], tiny_npz: Path) -> None:
+    known = tiny_npz.parent / "pneumoniamnist_28.npz"
+    known.write_bytes(tiny_npz.read_bytes())
+    code, out, err = call(capsys, "eval", "knn", *RANDOM, "--data", f"npz:{known}", "--k", "3")
+    assert code == 0, err
+    assert "knn: test top-1" in out and "Published" not in out  # stdout keeps the one result line
+    assert ("Published supervised reference, not comparable protocol: ResNet-18 at 28 px on PneumoniaMNIST, "
+            "trained end to end on every training label: ACC 85.4, AUC 94.4") in err
 
 
 def test_finetune_with_all_labels(capsys: pytest.CaptureFixture[str], tiny_npz: Path) -> None:

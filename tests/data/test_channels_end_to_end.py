@@ -61,6 +61,13 @@ def test_four_channel_tiff_end_to_end(capsys: pytest.CaptureFixture[str], tmp_pa
             record = _pretrain_and_eval(capsys, data, base, tmp_path / name, channels=4)
             assert record["protocol"] == "linear" and 0.0 <= record["test"] <= 1.0
     assert "adapted from 3 to 4 input channels" in caplog.text
+    # the same command again on the finished 4-channel stage: it is found finished and the backbone is left as it is
+    saved = tmp_path / "base" / "target" / "backbone.safetensors"
+    before = saved.read_bytes()
+    code, _, err = call(capsys, "pretrain", "--base", str(rgb_base), "--data", data, "--out", str(tmp_path / "base"),
+                        *TINY)
+    assert code == 0, err
+    assert saved.read_bytes() == before
     # the 3-channel base itself is evaluated on the 4-channel data through the same stem rule
     code, stdout, err = call(capsys, "eval", "linear", "--backbone", str(rgb_base), "--data", data, *LINEAR)
     assert code == 0, err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ from hpt.eval.result import interval_of
 from hpt.eval.suite import PROTOCOLS
 from hpt.models import weights_sha256
 from hpt.report.evals import load_evaluation
+from hpt.report.published import Published, recognise
+
+log = logging.getLogger("hpt")
 
 #: Each protocol's settings (the fields of its config) and the function that runs it.
 _PROTOCOLS: dict[str, tuple[type, Any]] = {
@@ -77,6 +81,13 @@ class EvalResult:
     def headline(self) -> str:
         """The line `hpt eval` prints: protocol, score with its interval, test images, the seeds' spread."""
         return headline(self.record)
+
+    @property
+    def published(self) -> Published | None:
+        """The published supervised reference for the data evaluated on, when it is a known public set (by its file
+        name: MedMNIST v2, CIFAR-10); it places the score, under another protocol, and never ranks it."""
+        data = self.record.get("data")
+        return recognise(data) if isinstance(data, str) else None
 
     def __str__(self) -> str:
         return self.headline
@@ -136,6 +147,7 @@ def evaluate(
     with holding(out_dir):
         model = _backbone(backbone, arch, small_stem, width, seed)
         splits = load_splits(data, seed=seed)
+        log.info("data: %s: %s", splits.spec.describe(), splits.describe())
         record = run(model, splits, config, out_dir)
     return EvalResult.of(record, None if out_dir is None else out_dir / "results.json")
 

@@ -1,5 +1,5 @@
-"""`hpt eval linear|finetune|knn|compare`: one command per evaluation protocol (thin layer over hpt.eval, which
-hpt.api.evaluate() also runs), and the paired comparison of finished evaluations (hpt.api.compare())."""
+"""`hpt eval linear|finetune|knn|compare`: one command per evaluation protocol (each a thin layer over
+hpt.api.evaluate()), and the paired comparison of finished evaluations (hpt.api.compare())."""
 
 from __future__ import annotations
 
@@ -11,19 +11,10 @@ from typing import Any
 import click
 
 from hpt.api.comparison import compare as compare_evaluations
+from hpt.api.evaluation import evaluate
 from hpt.cli.backbone_options import architecture_options
 from hpt.cli.output import claim_out
-from hpt.eval import (
-    FinetuneConfig,
-    KnnConfig,
-    LinearConfig,
-    finetune_eval,
-    headline,
-    knn_eval,
-    linear_eval,
-    load_eval_backbone,
-    load_splits,
-)
+from hpt.report.published import reference_line
 
 F = Callable[..., Any]
 
@@ -46,18 +37,14 @@ def _common(func: F) -> F:
     return func
 
 
-def _prepare(backbone: str, data: str, arch: str | None, small_stem: bool | None, width: int | None,
-             seed: int, out: Path | None) -> tuple[Any, Any]:
+def _evaluate(protocol: str, backbone: str, data: str, out: Path | None, as_json: bool, **settings: Any) -> None:
+    """Run hpt.api.evaluate() with the command's options and print its headline (or the whole record as JSON)."""
     if out is not None:
-        claim_out(out)
-    model = load_eval_backbone(backbone, arch=arch, small_stem=small_stem, width=width, seed=seed)
-    splits = load_splits(data, seed=seed)
-    click.echo(f"data: {splits.spec.describe()}: {splits.describe()}", err=True)
-    return model, splits
-
-
-def _emit(record: dict[str, Any], as_json: bool) -> None:
-    click.echo(json.dumps(record, indent=2, sort_keys=True) if as_json else headline(record))
+        claim_out(out)  # and log to OUT/hpt.log; evaluate()'s own hold of OUT nests in this one
+    result = evaluate(backbone, data, protocol, out=out, **settings)
+    click.echo(json.dumps(result.record, indent=2, sort_keys=True) if as_json else result.headline)
+    if result.published is not None and not as_json:
+        click.echo(reference_line(result.published, result.metric), err=True)
 
 
 @click.group("eval")
@@ -78,10 +65,9 @@ def linear(backbone: str, data: str, arch: str | None, small_stem: bool | None, 
            image_size: int | None, device: str, out: Path | None, as_json: bool, steps: int, lr: float,
            batch_size: int, eval_every: int, augmented: bool, seeds: int, seed: int) -> None:
     """Linear separability: a linear classifier on frozen features; test score at the best val score."""
-    config = LinearConfig(steps=steps, lr=lr, batch_size=batch_size, eval_every=eval_every, seeds=seeds, seed=seed,
-                          augmented=augmented, image_size=image_size, device=device)
-    model, splits = _prepare(backbone, data, arch, small_stem, width, seed, out)
-    _emit(linear_eval(model, splits, config, out), as_json)
+    _evaluate("linear", backbone, data, out, as_json, arch=arch, small_stem=small_stem, width=width,
+              image_size=image_size, device=device, steps=steps, lr=lr, batch_size=batch_size, eval_every=eval_every,
+              augmented=augmented, seeds=seeds, seed=seed)
 
 
 @eval_group.command()
@@ -100,11 +86,9 @@ def finetune(backbone: str, data: str, arch: str | None, small_stem: bool | None
     """Few-label fine-tuning of the whole network on N labelled images; test score at the best val score."""
     if labels != "all" and not labels.isdigit():
         raise click.BadParameter(f"expected a number or 'all', got {labels!r}", param_hint="--labels")
-    config = FinetuneConfig(labels=None if labels == "all" else int(labels), steps=steps, lr=lr,
-                            batch_size=batch_size, micro_batch=micro_batch, eval_every=eval_every, seeds=seeds,
-                            seed=seed, image_size=image_size, device=device)
-    model, splits = _prepare(backbone, data, arch, small_stem, width, seed, out)
-    _emit(finetune_eval(model, splits, config, out), as_json)
+    _evaluate("finetune", backbone, data, out, as_json, arch=arch, small_stem=small_stem, width=width,
+              image_size=image_size, device=device, labels=labels, steps=steps, lr=lr, batch_size=batch_size,
+              micro_batch=micro_batch, eval_every=eval_every, seeds=seeds, seed=seed)
 
 
 @eval_group.command()
@@ -114,9 +98,8 @@ def finetune(backbone: str, data: str, arch: str | None, small_stem: bool | None
 def knn(backbone: str, data: str, arch: str | None, small_stem: bool | None, width: int | None,
         image_size: int | None, device: str, out: Path | None, as_json: bool, k: int, temperature: float) -> None:
     """kNN on L2-normalised features with the training split as the bank."""
-    config = KnnConfig(k=k, temperature=temperature, image_size=image_size, device=device)
-    model, splits = _prepare(backbone, data, arch, small_stem, width, 0, out)
-    _emit(knn_eval(model, splits, config, out), as_json)
+    _evaluate("knn", backbone, data, out, as_json, arch=arch, small_stem=small_stem, width=width,
+              image_size=image_size, device=device, k=k, temperature=temperature)
 
 
 @eval_group.command("compare")
