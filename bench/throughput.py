@@ -22,6 +22,7 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,13 +111,14 @@ def compute_limit(args: argparse.Namespace, device: torch.device) -> float:
     return args.batch * len(times) / sum(times)
 
 
-def full_step(args: argparse.Namespace, spec: str, out: Path) -> float:
-    """Images/s of `hpt pretrain`'s step, from the stage's per-step metrics after the warm-up."""
+def full_step(args: argparse.Namespace, spec: str, out: Path, **settings: Any) -> float:
+    """Images/s of `hpt pretrain`'s step, from the stage's per-step metrics after the warm-up; `settings`: further
+    keys of the stage's config (moco={"queue_size": 4096}, say)."""
     config = from_dict(StageConfig, {
         "name": "bench", "data": spec, "steps": args.warmup + args.steps, "batch_size": args.batch,
         "precision": args.precision, "device": args.device, "channels_last": args.channels_last,
         "log_every": 1, "checkpoint_every": 10**9, "workers": args.workers, "compile": args.compile,
-        "augment": {"image_size": args.res},
+        "augment": {"image_size": args.res}, **settings,
     })
     backbone = build_resnet(args.arch, small_stem=args.small_stem, width=args.width)
     run_stage(config, backbone, out)

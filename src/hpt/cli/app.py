@@ -14,6 +14,7 @@ from hpt import distributed
 from hpt.atomic import os_error_in
 from hpt.cli.analyze import analyze_group
 from hpt.cli.checkpoints import export_command, inspect_command
+from hpt.cli.data import data_group
 from hpt.cli.demo import demo_command
 from hpt.cli.doctor import doctor_command
 from hpt.cli.eval import eval_group
@@ -37,7 +38,7 @@ def cli(debug: bool, verbose: bool) -> None:
 
 
 for _command in (pretrain_command, run_command, inspect_command, export_command, eval_group, analyze_group,
-                 experiment_group, report_command, rank_sources_command, demo_command, doctor_command):
+                 experiment_group, report_command, rank_sources_command, demo_command, doctor_command, data_group):
     cli.add_command(_command)
 
 

@@ -1,8 +1,8 @@
-"""Shared code for data sets of image files (folder, csv and dicom kinds): header checks, decoding, the dataset base.
+"""Shared code for data sets of image files (folder, csv and dicom kinds): header checks and the dataset base.
 
-Ordinary images (8-bit, gray or RGB) are decoded by Pillow to uint8. A data set holding a DICOM file, or a TIFF
-with more than 8 bits per sample or a channel count other than 1 or 3, is read "wide": every image as float32
-(C, H, W) in [0, 1] (hpt.data.dicom, hpt.data.tiff), with the channel count of its files.
+Ordinary images (8-bit, gray or RGB) are decoded by Pillow to uint8 (hpt.data.decode). A data set holding a DICOM
+file, or a TIFF with more than 8 bits per sample or a channel count other than 1 or 3, is read "wide": every image
+as float32 (C, H, W) in [0, 1] (hpt.data.dicom, hpt.data.tiff), with the channel count of its files.
 """
 
 from __future__ import annotations
@@ -15,32 +15,23 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from hpt.data.base import ImageDataset, select
-from hpt.data.dicom import is_dicom_file, probe_dicom, read_dicom
+from hpt.data.decode import GRAY_MODES, decode, decode_wide
+from hpt.data.dicom import is_dicom_file, probe_dicom
 from hpt.data.header import Header
 from hpt.data.spec import DataSpec
-from hpt.data.tiff import (
-    is_tiff,
-    needs_tifffile,
-    pillow_tiff_check,
-    read_tiff,
-    tiff_layout,
-)
+from hpt.data.tiff import is_tiff, needs_tifffile, pillow_tiff_check, tiff_layout
 from hpt.errors import HptError
 from hpt.extras import has_extra
 
 log = logging.getLogger("hpt")
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
-SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 MAX_LISTED = 10
 
 
@@ -188,61 +179,6 @@ def _display(path: str, root: Path) -> str:
         return path
 
 
-def decode(path: str | IO[bytes], channels: int, size: int | None) -> Image.Image:
-    """Decode one file (a path or an open binary file) to mode L (channels=1) or RGB, resized to size x size
-    (bilinear, antialiased) if given. 16-bit grayscale is scaled to 8 bits (x / 257), not clipped as PIL's
-    convert would."""
-    with Image.open(path) as img:
-        if size is not None:
-            img.draft(None, (size, size))  # JPEG: decode at a reduced scale when much larger than size
-        if img.mode in SIXTEEN_BIT_MODES:
-            wide = np.asarray(img, dtype=np.float64)
-            out = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
-        elif img.mode == "F":
-            raise HptError(f"{path} holds floating-point pixels (PIL mode F); convert it to an 8- or 16-bit image")
-        else:
-            out = img.convert("L" if channels == 1 else "RGB")
-        if out.mode != ("L" if channels == 1 else "RGB"):
-            out = out.convert("L" if channels == 1 else "RGB")
-        if size is not None and out.size != (size, size):
-            out = out.resize((size, size), Image.Resampling.BILINEAR)
-        out.load()
-        return out
-
-
-def decode_wide(path: str, spec: DataSpec, channels: int) -> torch.Tensor:
-    """Decode one file of a wide data set to float32 (channels, H, W) in [0, 1], resized to size x size if given
-    (bilinear, antialiased, as for 8-bit images)."""
-    if is_dicom_file(path):
-        data = torch.from_numpy(read_dicom(path, spec.window))
-    elif is_tiff(path) and has_extra("tifffile"):
-        data = torch.from_numpy(read_tiff(path))
-    else:
-        with Image.open(path) as img:
-            if img.mode in SIXTEEN_BIT_MODES:
-                arr = np.asarray(img, dtype=np.float32) / 65535.0
-            else:
-                arr = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
-        data = torch.from_numpy(np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)))
-    if data.shape[0] != channels:
-        if {int(data.shape[0]), channels} != {1, 3}:
-            raise HptError(f"{path} has {data.shape[0]} channels, the other images of the data set {channels}; "
-                           "every image of a data set needs the same channels")
-        luma = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)  # as Pillow's RGB -> L
-        data = data.expand(3, -1, -1) if channels == 3 else (data * luma).sum(0, keepdim=True)
-    if spec.size is not None and tuple(data.shape[1:]) != (spec.size, spec.size):
-        data = F.interpolate(data[None], size=(spec.size, spec.size), mode="bilinear", antialias=True,
-                             align_corners=False)[0]
-    return data.contiguous()
-
-
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL L/RGB image -> uint8 (C,H,W) contiguous tensor."""
-    arr = np.asarray(img)  # read-only view of PIL's buffer: always copy
-    chw = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(np.array(chw, order="C", copy=True))
-
-
 class FileImageDataset(ImageDataset):
     """Images decoded from files in __getitem__ (runs in DataLoader workers); subclasses list files and labels."""
 
@@ -289,11 +225,11 @@ class FileImageDataset(ImageDataset):
                 raise mixed_size_error(self._reference[0], self._reference[1], (width, height),
                                        _display(path, self.display_root))
             return data
-        img = decode(path, self.num_channels, self.spec.size)
-        if self.spec.size is None and img.size != self._reference[0]:
-            raise mixed_size_error(self._reference[0], self._reference[1], img.size,
-                                   _display(path, self.display_root))
-        return to_tensor(img)
+        image = decode(path, self.num_channels, self.spec.size)
+        size = (int(image.shape[2]), int(image.shape[1]))
+        if self.spec.size is None and size != self._reference[0]:
+            raise mixed_size_error(self._reference[0], self._reference[1], size, _display(path, self.display_root))
+        return image
 
     def _load(self, i: int) -> tuple[torch.Tensor, int]:
         """Image i, or with skip_corrupt the next decodable one if i fails to decode; returns the index used."""

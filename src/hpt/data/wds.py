@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from hpt.data.base import check_batch_and_rank, select
-from hpt.data.files import GRAY_MODES, decode
+from hpt.data.decode import GRAY_MODES, decode
 from hpt.data.spec import DataSpec
 from hpt.data.wdsindex import index_shards, resolve_shards, shard_keys
 from hpt.errors import HptError
@@ -159,9 +159,7 @@ class WdsDataset:
         out = np.empty((len(ids), channels, height, width), dtype=np.uint8)
         for pos in np.lexsort((self._offset[ids], self._shard[ids])).tolist():
             sample = int(ids[pos])
-            img = self._decode(sample)
-            arr = np.asarray(img)
-            out[pos] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+            out[pos] = self._decode(sample).numpy()
         labels = (torch.full((len(ids),), -1, dtype=torch.int64) if self.labels is None
                   else torch.from_numpy(np.ascontiguousarray(self.labels[ids])))
         return torch.from_numpy(out), labels
@@ -169,7 +167,7 @@ class WdsDataset:
     # ------------------------------------------------------------------------------------------
     # reading samples
 
-    def _decode(self, sample: int) -> Image.Image:
+    def _decode(self, sample: int) -> torch.Tensor:
         data = self._bytes(sample)
         try:
             img = decode(io.BytesIO(data), self.num_channels, self.spec.size)
@@ -177,8 +175,9 @@ class WdsDataset:
             raise HptError(f"sample '{self._key(sample)}' in shard {self._shard_path(sample)}: {err}") from None
         except Exception as err:  # PIL raises many types for damaged images
             raise self._corrupt(sample, err) from None
-        if self.spec.size is None and img.size != self._first_size:
-            (w0, h0), (w, h) = self._first_size, img.size
+        found = (int(img.shape[2]), int(img.shape[1]))
+        if self.spec.size is None and found != self._first_size:
+            (w0, h0), (w, h) = self._first_size, found
             raise HptError(f"sample '{self._key(sample)}' in shard {self._shard_path(sample)} is {w}x{h}, but the "
                            f"first sample ('{self._key(0)}' in {self._shard_path(0)}) is {w0}x{h0}; pass size=N "
                            "in the data spec to resize every image to N x N")
