@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import torch
 from torch import nn
 
 from hpt.errors import HptError
-from hpt.models import EXPORT_FORMATS, build_backbone, export_backbone
+from hpt.models import EXPORT_FORMATS, build_backbone, export_backbone, file_sha256
 from hpt.models.truncate import export_truncated
 
 
@@ -63,12 +62,5 @@ def export(source: str | Path, out: str | Path, format: str = "torchvision",
         path = export_truncated(str(source), Path(out), format, truncate)
     else:
         path = export_backbone(str(source), Path(out), format)
-    return ExportResult(Path(path), format, _sha256(Path(path)), truncate)
+    return ExportResult(Path(path), format, file_sha256(Path(path)), truncate)
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -18,6 +18,7 @@ from hpt.data.heldout import without_heldout
 from hpt.errors import HptError
 from hpt.experiments.config import ExperimentConfig
 from hpt.experiments.family import NormTraining, norm_training, random_start
+from hpt.models import file_sha256
 from hpt.pretrain.config import TRAINING_MODES, StageConfig
 from hpt.pretrain.hierarchy import BaseConfig
 
@@ -84,16 +85,9 @@ def start_identity(start: BaseConfig) -> dict[str, Any]:
     if start.checkpoint == "random":
         ident["seed"] = start.seed
     elif Path(start.checkpoint).is_file():
-        ident["checkpoint"] = _file_sha256(Path(start.checkpoint))
+        ident["checkpoint"] = file_sha256(Path(start.checkpoint))
     return ident
 
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def expand(kind: str, config: ExperimentConfig) -> list[Variant]:

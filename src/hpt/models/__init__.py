@@ -32,6 +32,7 @@ from hpt.models.resnet import (
 from hpt.models.saving import (
     EXPORT_FORMATS,
     export_backbone,
+    file_sha256,
     save_backbone,
     weights_sha256,
 )
@@ -70,5 +71,6 @@ __all__ = [
     "resolve_named",
     "save_backbone",
     "set_bn_splits",
+    "file_sha256",
     "weights_sha256",
 ]

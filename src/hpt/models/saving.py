@@ -105,3 +105,12 @@ def weights_sha256_of(state: dict[str, Tensor]) -> str:
 def weights_sha256(module: torch.nn.Module) -> str:
     """A hash of every tensor of a module's state dict (keys sorted)."""
     return weights_sha256_of(dict(module.state_dict()))
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read a MiB at a time."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from hpt.errors import HptError
 from hpt.atomic import atomic_write
+from hpt.errors import HptError
 from hpt.models.checkpoints import _check_strict, _listing, build_backbone
 from hpt.models.formats import extract_backbone, read_state_dict
 from hpt.models.resnet import _LAYOUTS, ResNet, build_resnet
