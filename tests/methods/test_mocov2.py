@@ -73,3 +73,21 @@ def test_loss_decreases_once_the_queue_holds_real_keys() -> None:
         optim.step()
         losses.append(out.loss.item())
     assert sum(losses[-4:]) < 0.6 * sum(losses[4:8])
+
+
+def test_head_batchnorm_groups_are_the_contiguous_chunks_of_the_batch() -> None:
+    """The projection head's BatchNorm with 4 groups is 4 BatchNorms on the 4 contiguous chunks (the backbone's
+    shuffle-BN groups), in the output and in the mean running statistics."""
+    from torch import nn
+
+    from hpt.methods.mocov2 import SplitBatchNorm1d
+
+    torch.manual_seed(0)
+    split = SplitBatchNorm1d(5)
+    split.num_splits = 4
+    bns = [nn.BatchNorm1d(5) for _ in range(4)]
+    x = torch.randn(8, 5) + torch.arange(8.0).view(8, 1)  # chunks differ in mean
+    expected = torch.cat([bn(chunk) for bn, chunk in zip(bns, x.chunk(4))])
+    torch.testing.assert_close(split(x), expected, rtol=1e-5, atol=1e-5)
+    mean = torch.stack([bn.running_mean for bn in bns]).mean(0)
+    torch.testing.assert_close(split.running_mean, mean, rtol=1e-5, atol=1e-6)

@@ -157,10 +157,12 @@ def test_split_bn_four_splits_equals_four_bns(momentum: float | None) -> None:
     bn, split = _pair(momentum=momentum)
     split.num_splits = 4
     bns = [copy.deepcopy(bn) for _ in range(4)]
-    for _ in range(2):  # two steps: running stats keep following the mean of the chunk updates
-        x = torch.randn(8, 6, 5, 5) * 2 + torch.arange(8.0).view(8, 1, 1, 1)  # chunks differ in mean
+    for _ in range(2):  # two steps: running stats keep following the mean of the group updates
+        x = torch.randn(8, 6, 5, 5) * 2 + torch.arange(8.0).view(8, 1, 1, 1)  # groups differ in mean
         out = split(x)
-        expected = torch.cat([b(chunk) for b, chunk in zip(bns, x.chunk(4))])
+        expected = torch.empty_like(x)
+        for g, b in enumerate(bns):  # group g: the strided samples g, g+4
+            expected[g::4] = b(x[g::4])
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(split.running_mean, torch.stack([_t(b.running_mean) for b in bns]).mean(0))
         torch.testing.assert_close(split.running_var, torch.stack([_t(b.running_var) for b in bns]).mean(0))
@@ -178,9 +180,38 @@ def test_split_bn_gradients_match_chunked_bns() -> None:
     bns = [copy.deepcopy(bn) for _ in range(2)]
     x = torch.randn(4, 6, 3, 3)
     split(x).square().sum().backward()
-    sum(b(c).square().sum() for b, c in zip(bns, x.chunk(2))).backward()
+    sum(b(x[g::2]).square().sum() for g, b in enumerate(bns)).backward()
     torch.testing.assert_close(split.weight.grad, _t(bns[0].weight.grad) + _t(bns[1].weight.grad))
     torch.testing.assert_close(split.bias.grad, _t(bns[0].bias.grad) + _t(bns[1].bias.grad))
+
+
+def test_resnet_bn_groups_are_the_contiguous_chunks_of_its_batch() -> None:
+    """A ResNet with 4 BatchNorm groups computes, in training, what 4 copies of it compute on the 4 contiguous
+    chunks of the batch (the per-GPU blocks shuffle-BN emulates): features, stage outputs, gradients, and
+    running statistics (the mean of the copies'), although each of its BatchNorms groups strided samples."""
+    from hpt.models.resnet import chunks_to_strided, strided_to_chunks
+
+    torch.manual_seed(0)
+    model = build_resnet("resnet18", small_stem=True, width=8).train()
+    copies = [copy.deepcopy(model) for _ in range(4)]
+    set_bn_splits(model, 4)
+    x = torch.randn(8, 3, 12, 12) + torch.arange(8.0).view(8, 1, 1, 1)  # chunks differ in mean
+    assert torch.equal(strided_to_chunks(chunks_to_strided(x, 4), 4), x)
+    features = model.forward_features(x)
+    expected = torch.cat([c.forward_features(chunk) for c, chunk in zip(copies, x.chunk(4))])
+    torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-5)
+    features.square().sum().backward()
+    expected.square().sum().backward()
+    grad = sum(_t(c.conv1.weight.grad) for c in copies)
+    torch.testing.assert_close(model.conv1.weight.grad, grad, rtol=1e-4, atol=1e-5)
+    mean = torch.stack([_t(c.layer1[0].bn1.running_mean) for c in copies]).mean(0)
+    torch.testing.assert_close(_t(model.layer1[0].bn1.running_mean), mean, rtol=1e-5, atol=1e-6)
+    stages = model.stage_outputs(x)
+    for name, out in stages.items():
+        chunks = torch.cat([c.stage_outputs(chunk)[name] for c, chunk in zip(copies, x.chunk(4))])
+        torch.testing.assert_close(out, chunks, rtol=1e-5, atol=1e-5, msg=name)
+    set_bn_splits(model, 1)  # BatchNorm over the whole batch differs: the groups matter
+    assert not torch.allclose(model.forward_features(x), features.detach(), atol=1e-3)
 
 
 def test_split_bn_eval_ignores_splits_and_indivisible_batch_falls_back() -> None:

@@ -19,7 +19,12 @@ from hpt import distributed
 from hpt.errors import HptError
 from hpt.methods.base import StepOutput, TrainingSize
 from hpt.methods.momentum import ema_update_
-from hpt.models.resnet import ResNet, SplitBatchNorm2d
+from hpt.models.resnet import (
+    ResNet,
+    SplitBatchNorm2d,
+    chunks_to_strided,
+    strided_to_chunks,
+)
 
 MAX_QUEUE = 65536
 
@@ -88,10 +93,16 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor,
 
 
 class SplitBatchNorm1d(SplitBatchNorm2d):
-    """BatchNorm of (N, C) vectors that follows the shuffle-BN groups of the backbone's SplitBatchNorm2d."""
+    """BatchNorm of (N, C) vectors whose groups are the contiguous chunks of the batch, as the backbone's
+    SplitBatchNorm2d groups are inside the ResNet (the shuffle-BN groups)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return super().forward(input[:, :, None, None]).flatten(1)
+        groups = self.num_splits if self.training and self.num_splits > 1 and input.shape[0] % self.num_splits == 0 \
+            else 1
+        if groups == 1:
+            return super().forward(input[:, :, None, None]).flatten(1)
+        out = super().forward(chunks_to_strided(input, groups)[:, :, None, None]).flatten(1)
+        return strided_to_chunks(out, groups)
 
 
 class ProjectionHead(nn.Sequential):

@@ -28,14 +28,16 @@ _LAYOUTS: dict[str, tuple[str, tuple[int, ...]]] = {
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training-mode statistics are computed per chunk of the batch.
+    """BatchNorm2d whose training-mode statistics are computed per group of the batch.
 
-    With ``num_splits = G`` the batch is cut into G equal contiguous chunks (samples
-    ``[g*N/G, (g+1)*N/G)`` form chunk ``g``, as DDP would place them on G GPUs); each chunk is
-    normalised with its own mean/variance, and the running statistics become the mean of the G
-    per-chunk updates (as the MoCo CIFAR demo's ``SplitBatchNorm`` does). This emulates per-GPU
-    BatchNorm for MoCo shuffle-BN on one device. Parameters, buffers and keys are exactly
-    ``nn.BatchNorm2d``'s; ``num_splits`` is a plain attribute.
+    With ``num_splits = G`` the batch falls into G groups of strided samples (group ``g`` is samples
+    ``g, g+G, g+2G, ...``); each group is normalised with its own mean/variance, and the running statistics
+    become the mean of the G per-group updates (as the MoCo CIFAR demo's ``SplitBatchNorm`` does). Strided groups
+    are a view of the batch as (N/G, G*C, H, W), so no layer copies its input or output. A :class:`ResNet` reorders
+    its input once (:func:`chunks_to_strided`) so that its groups are the batch's G contiguous chunks
+    ``[g*N/G, (g+1)*N/G)``, as DDP would place them on G GPUs: this emulates per-GPU BatchNorm for MoCo's
+    shuffle-BN on one device. Parameters, buffers and keys are exactly ``nn.BatchNorm2d``'s; ``num_splits`` is a
+    plain attribute.
 
     ``num_splits == 1``, eval mode, or a batch size not divisible by G: exactly ``nn.BatchNorm2d``.
     """
@@ -62,8 +64,8 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         if self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        # (G, N/G, C, H, W) -> (N/G, G, C, H, W) -> (N/G, G*C, H, W): channel g*C + c is chunk g's channel c.
-        x = input.reshape(g, n // g, c, h, w).transpose(0, 1).reshape(n // g, g * c, h, w)
+        # (N, C, H, W) -> (N/G, G*C, H, W), a view of a contiguous batch: channel g*C + c is group g's channel c.
+        x = input.reshape(n // g, g * c, h, w)
         running_mean = running_var = None
         if self.running_mean is not None and self.running_var is not None:
             running_mean = self.running_mean.repeat(g)
@@ -75,7 +77,18 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             with torch.no_grad():
                 self.running_mean.copy_(running_mean.view(g, c).mean(dim=0))  # type: ignore[union-attr]
                 self.running_var.copy_(running_var.view(g, c).mean(dim=0))  # type: ignore[union-attr]
-        return out.reshape(n // g, g, c, h, w).transpose(0, 1).reshape(n, c, h, w)
+        return out.reshape(n, c, h, w)
+
+
+def chunks_to_strided(x: Tensor, groups: int) -> Tensor:
+    """`x` (N, ...) reordered so that its `groups` contiguous chunks become the strided groups ``x[g::groups]`` that
+    :class:`SplitBatchNorm2d` normalises together: sample j of chunk g moves to position ``j * groups + g``."""
+    return x.reshape(groups, x.shape[0] // groups, *x.shape[1:]).transpose(0, 1).reshape(x.shape)
+
+
+def strided_to_chunks(x: Tensor, groups: int) -> Tensor:
+    """The inverse of :func:`chunks_to_strided`: the batch back in its original order."""
+    return x.reshape(x.shape[0] // groups, groups, *x.shape[1:]).transpose(0, 1).reshape(x.shape)
 
 
 def set_bn_splits(module: nn.Module, num_splits: int) -> int:
@@ -225,11 +238,24 @@ class ResNet(nn.Module):
         out: Tensor = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return out
 
+    def bn_groups(self, batch: int) -> int:
+        """The BatchNorm groups of a batch of `batch` images: num_splits in training when it divides the batch, else
+        1 (every BatchNorm of the model shares bn1's num_splits: set_bn_splits)."""
+        groups = self.bn1.num_splits if isinstance(self.bn1, SplitBatchNorm2d) and self.bn1.training else 1
+        return groups if groups > 1 and batch % groups == 0 else 1
+
     def forward_features(self, x: Tensor) -> Tensor:
-        """Globally average-pooled features after layer4: (N, feature_dim)."""
+        """Globally average-pooled features after layer4: (N, feature_dim).
+
+        With BatchNorm groups (training with num_splits > 1) the batch is reordered once on the way in and the
+        features once on the way out, so that every BatchNorm's groups are the contiguous chunks of `x`."""
+        groups = self.bn_groups(x.shape[0])
+        if groups > 1:
+            x = chunks_to_strided(x, groups)
         x = self._stem(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(self.avgpool(x), 1)
+        features = torch.flatten(self.avgpool(x), 1)
+        return strided_to_chunks(features, groups) if groups > 1 else features
 
     def forward(self, x: Tensor) -> Tensor:
         """``fc(features)`` if the model has an fc, else the pooled features."""
@@ -238,10 +264,15 @@ class ResNet(nn.Module):
 
     def stage_outputs(self, x: Tensor) -> dict[str, Tensor]:
         """Feature maps after the stem (conv1/bn1/relu/maxpool) and after each of layer1..layer4."""
+        groups = self.bn_groups(x.shape[0])
+        if groups > 1:  # the BatchNorm groups are the contiguous chunks of x (forward_features)
+            x = chunks_to_strided(x, groups)
         outs: dict[str, Tensor] = {}
         x = outs["stem"] = self._stem(x)
         for name in ("layer1", "layer2", "layer3", "layer4"):
             x = outs[name] = getattr(self, name)(x)
+        if groups > 1:
+            return {name: strided_to_chunks(out, groups) for name, out in outs.items()}
         return outs
 
 
