@@ -101,6 +101,22 @@ def set_bn_splits(module: nn.Module, num_splits: int) -> int:
     return count
 
 
+def _in_place_is_free(x: Tensor) -> bool:
+    """Whether an in-place op on `x` costs nothing extra: always, except on a view that autograd tracks (a split
+    BatchNorm's output in training), whose gradient autograd would then route through copies of the whole batch."""
+    return x._base is None or not (x.requires_grad and torch.is_grad_enabled())
+
+
+def _relu(x: Tensor) -> Tensor:
+    """ReLU, in place where that is free (:func:`_in_place_is_free`)."""
+    return F.relu(x, inplace=_in_place_is_free(x))
+
+
+def _add(out: Tensor, identity: Tensor) -> Tensor:
+    """The residual sum, into `out` where that is free (:func:`_in_place_is_free`), as torchvision's ``out +=``."""
+    return out.add_(identity) if _in_place_is_free(out) else out + identity
+
+
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
 
@@ -127,10 +143,9 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Residual block forward."""
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = _relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        result: Tensor = self.relu(out + identity)
-        return result
+        return self.relu(_add(out, identity))
 
 
 class Bottleneck(nn.Module):
@@ -153,11 +168,10 @@ class Bottleneck(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Residual block forward."""
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = _relu(self.bn1(self.conv1(x)))
+        out = _relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        result: Tensor = self.relu(out + identity)
-        return result
+        return self.relu(_add(out, identity))
 
 
 class ResNet(nn.Module):
@@ -235,7 +249,7 @@ class ResNet(nn.Module):
                     nn.init.constant_(m.bn2.weight, 0)
 
     def _stem(self, x: Tensor) -> Tensor:
-        out: Tensor = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out: Tensor = self.maxpool(_relu(self.bn1(self.conv1(x))))
         return out
 
     def bn_groups(self, batch: int) -> int:
