@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,33 @@ def test_inference_copy_folds_every_bn_and_keeps_outputs(arch: str, small_stem: 
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
     model.train()
     assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+
+def _graph_nodes(root: torch.autograd.graph.Node) -> Counter[str]:
+    """How many nodes of each type the autograd graph below `root` holds."""
+    seen: set[int] = set()
+    counts: Counter[str] = Counter()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        counts[type(node).__name__] += 1
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return counts
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_split_bn_training_graph_copies_no_activation(arch: str) -> None:
+    """With BatchNorm groups, no in-place op lands on a BatchNorm output autograd tracks as a view (autograd would
+    route its gradient through copies of the batch: CopySlices), and no BatchNorm copies its input or output: the one
+    copy is the pooled features' reorder (the input's needs no gradient)."""
+    model = build_resnet(arch, small_stem=True, width=8).train()
+    set_bn_splits(model, 2)
+    nodes = _graph_nodes(model.forward_features(torch.randn(4, 3, 16, 16)).grad_fn)
+    batch_norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert nodes["NativeBatchNormBackward0"] == batch_norms
+    assert nodes["CopySlices"] == 0 and nodes["AsStridedBackward0"] == 0
+    assert nodes["TransposeBackward0"] == 1 and nodes["CloneBackward0"] == 1
