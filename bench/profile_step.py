@@ -112,6 +112,14 @@ def tables(prof: profile, phases: list[str], steps: int, top: int) -> dict[str, 
     }
 
 
+def report(title: str, result: dict[str, Any], args: argparse.Namespace) -> None:
+    """The tables on stdout, and with the settings in args.json when set."""
+    print_tables(title, result)
+    if args.json:
+        args.json.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, **result},
+                                        indent=2) + "\n")
+
+
 def print_tables(title: str, result: dict[str, Any]) -> None:
     wall = result["wall_ms_per_step"]
     print(f"{title}: {wall:.0f} ms per step (wall, under the profiler)")
@@ -168,11 +176,8 @@ def profile_hpt(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     result = profile_hpt(args)
-    print_tables(f"hpt, resnet18 width {args.width}, {args.res} px, batch {args.batch}, queue {args.queue}, "
-                 f"{args.threads} threads", result)
-    if args.json:
-        args.json.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, **result},
-                                        indent=2) + "\n")
+    report(f"hpt, resnet18 width {args.width}, {args.res} px, batch {args.batch}, queue {args.queue}, "
+           f"{args.threads} threads", result, args)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ settings, in the peer environment, to see where one step loses to the other).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,11 +45,8 @@ def profile_lightly(args: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     args = profile_step.parse_args(argv)
     result = profile_lightly(args)
-    profile_step.print_tables(f"lightly, resnet18 width {args.width}, {args.res} px, batch {args.batch}, queue "
-                              f"{args.queue}, {args.threads} threads, {args.workers} loader workers", result)
-    if args.json:
-        args.json.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, **result},
-                                        indent=2) + "\n")
+    profile_step.report(f"lightly, resnet18 width {args.width}, {args.res} px, batch {args.batch}, queue "
+                        f"{args.queue}, {args.threads} threads, {args.workers} loader workers", result, args)
 
 
 if __name__ == "__main__":
