@@ -97,8 +97,7 @@ class SplitBatchNorm1d(SplitBatchNorm2d):
     SplitBatchNorm2d groups are inside the ResNet (the shuffle-BN groups)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        groups = self.num_splits if self.training and self.num_splits > 1 and input.shape[0] % self.num_splits == 0 \
-            else 1
+        groups = self.groups_for(input.shape[0])
         if groups == 1:
             return super().forward(input[:, :, None, None]).flatten(1)
         out = super().forward(chunks_to_strided(input, groups)[:, :, None, None]).flatten(1)

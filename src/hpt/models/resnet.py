@@ -53,10 +53,16 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         base: str = super().extra_repr()  # type: ignore[no-untyped-call]
         return base + f", num_splits={self.num_splits}"
 
+    def groups_for(self, batch: int) -> int:
+        """The groups a batch of `batch` samples is normalised in: num_splits in training when it divides the batch,
+        else 1 (plain BatchNorm)."""
+        g = self.num_splits
+        return g if g > 1 and self.training and batch % g == 0 else 1
+
     def forward(self, input: Tensor) -> Tensor:
         """Normalise ``input`` (N, C, H, W); see the class docstring for the split behaviour."""
-        g = self.num_splits
-        if g <= 1 or not self.training or input.dim() != 4 or input.shape[0] % g != 0:
+        g = self.groups_for(input.shape[0])
+        if g == 1 or input.dim() != 4:
             return super().forward(input)
         self._check_input_dim(input)
         n, c, h, w = input.shape
@@ -255,8 +261,7 @@ class ResNet(nn.Module):
     def bn_groups(self, batch: int) -> int:
         """The BatchNorm groups of a batch of `batch` images: num_splits in training when it divides the batch, else
         1 (every BatchNorm of the model shares bn1's num_splits: set_bn_splits)."""
-        groups = self.bn1.num_splits if isinstance(self.bn1, SplitBatchNorm2d) and self.bn1.training else 1
-        return groups if groups > 1 and batch % groups == 0 else 1
+        return self.bn1.groups_for(batch) if isinstance(self.bn1, SplitBatchNorm2d) else 1
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Globally average-pooled features after layer4: (N, feature_dim).
